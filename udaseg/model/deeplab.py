@@ -1,0 +1,104 @@
+"""`SegDepthNet`: one backbone, three parallel heads (segmentation, depth, density).
+
+All heads read the last backbone feature map, so every output lives on the model's output
+grid (`udaseg.grid.output_grid`); upsampling to the input or label size is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from udaseg.model.heads import ASPPClassifier, ScalarHead
+from udaseg.model.light import LightResNet18
+from udaseg.model.preprocess import BACKBONES
+from udaseg.model.resnet import (
+    CaffeResNet101,
+    TorchvisionResNet101,
+    load_deeplab_imagenet,
+    load_torchvision,
+    load_torchvision_resnet101,
+)
+
+HEADS = ("seg", "depth", "density")
+HEAD_LR_MULT = 10.0  # DeepLab-v2 / ADVENT: new layers learn 10× faster than the backbone
+
+
+@dataclass
+class SegDepthOutput:
+    """Raw head outputs at the output grid; a head that was skipped is None."""
+
+    seg: torch.Tensor | None  # [B, C, h, w] logits
+    depth: torch.Tensor | None  # [B, 1, h, w] inverse depth
+    density: torch.Tensor | None  # [B, 1, h, w] squashed class-conditional density
+
+
+class SegDepthNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "") -> None:
+        super().__init__()
+        self.backbone_name = backbone_name
+        self.num_classes = num_classes
+        self.backbone = backbone
+        channels = int(backbone.out_channels)
+        self.seg_head = ASPPClassifier(channels, num_classes)
+        self.depth_head = ScalarHead(channels)
+        self.density_head = ScalarHead(channels)  # always built so checkpoints share one layout
+
+    def forward(self, x: torch.Tensor, heads: Sequence[str] = HEADS) -> SegDepthOutput:
+        unknown = set(heads) - set(HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; expected a subset of {HEADS}")
+        features = self.backbone(x)
+        return SegDepthOutput(
+            seg=self.seg_head(features) if "seg" in heads else None,
+            depth=self.depth_head(features) if "depth" in heads else None,
+            density=self.density_head(features) if "density" in heads else None,
+        )
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.seg_head, self.depth_head, self.density_head]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """SGD groups: trainable backbone parameters at `lr`, heads at 10·`lr`.
+
+        Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
+        Frozen parameters (BatchNorm affine) are left out.
+        """
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        heads = [p for m in self.head_modules() for p in m.parameters() if p.requires_grad]
+        return [
+            {"params": backbone, "lr": lr, "lr_mult": 1.0},
+            {"params": heads, "lr": lr * HEAD_LR_MULT, "lr_mult": HEAD_LR_MULT},
+        ]
+
+
+def build_backbone(backbone: str, init_weights: str | Path | None = None, *, light_width: int = 64) -> nn.Module:
+    """A backbone by its config name, initialised from a local ImageNet file when given."""
+    path = str(init_weights) if init_weights else ""
+    if backbone == "deeplabv2_resnet101":
+        net: nn.Module = CaffeResNet101()
+        if path:
+            load_deeplab_imagenet(net, path)
+    elif backbone == "torchvision_resnet101":
+        net = TorchvisionResNet101()
+        if path:
+            load_torchvision_resnet101(net, path)
+    elif backbone == "light_resnet18":
+        # pretrained statistics are worth keeping; from scratch BN has to learn them
+        net = LightResNet18(width=light_width, freeze_bn=bool(path))
+        if path:
+            load_torchvision(net, path, "torchvision ResNet-18")
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+    return net
+
+
+def build_model(backbone: str, num_classes: int, init_weights: str | Path | None = None, *,
+                light_width: int = 64) -> SegDepthNet:
+    """`SegDepthNet` for `model.backbone` ∈ {deeplabv2_resnet101, torchvision_resnet101,
+    light_resnet18}; `init_weights` is a local ImageNet backbone file ("" / None = random)."""
+    return SegDepthNet(build_backbone(backbone, init_weights, light_width=light_width), num_classes, backbone)
