@@ -1,0 +1,3 @@
+from udaseg.cli import app
+
+app(prog_name="udaseg")

@@ -1,0 +1,29 @@
+"""`udaseg`: one subcommand per pipeline stage, each reading and writing artifacts on disk."""
+
+from __future__ import annotations
+
+import typer
+
+from udaseg.commands import check_data, evaluate, fit_gmm, pseudolabel, self_train, synth, train
+
+app = typer.Typer(
+    name="udaseg",
+    help=(
+        "Depth-aware unsupervised domain adaptation for semantic segmentation.\n\n"
+        "Pipeline: synth | check-data -> fit-gmm -> train -> pseudolabel --refine -> self-train -> eval"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("synth")(synth.synth)
+app.command("check-data")(check_data.check_data)
+app.command("fit-gmm")(fit_gmm.fit_gmm)
+app.command("train")(train.train)
+app.command("pseudolabel")(pseudolabel.pseudolabel)
+app.command("self-train")(self_train.self_train)
+app.command("eval")(evaluate.evaluate)
+
+if __name__ == "__main__":
+    app()

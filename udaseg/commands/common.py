@@ -1,0 +1,67 @@
+"""What every subcommand shares: the recipe options, the error policy, the next-step hint."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from udaseg.config import Config, ConfigError, load_config
+from udaseg.errors import UdasegError
+
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="Run recipe (TOML), e.g. stages/synthia2cityscapes16.toml."),
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a recipe value: section.key=value (repeatable)."),
+]
+DataRootOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-root", help="Folder holding the datasets (else $UDASEG_DATA, else the recipe's data.root)."),
+]
+RunsRootOption = Annotated[
+    Optional[Path],
+    typer.Option("--runs-root", help="Folder for run artifacts (else $UDASEG_RUNS, else ./runs)."),
+]
+
+
+def resolve_config(config: Path | None, overrides: list[str] | None) -> Config:
+    return load_config(config, overrides or [])
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line naming the problem and its fix, then exit non-zero."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func: Callable) -> Callable:
+    """Turn errors a user can fix into one line and exit code 1; keep tracebacks for bugs."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (UdasegError, ConfigError) as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+    return wrapper
+
+
+def next_step(command: str) -> None:
+    console.print(f"[bold green]next:[/] {command}", highlight=False, soft_wrap=True)
+
+
+def not_yet_available(stage: str) -> None:
+    fail(f"`udaseg {stage}` is not yet available in this version of udaseg", code=2)

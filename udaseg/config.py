@@ -1,0 +1,275 @@
+"""Run recipes: a TOML file in `stages/` plus command-line overrides -> one frozen `Config`.
+
+Every stage reads the same recipe, so a run is described once. The loader is strict: an
+unknown section or key, or a value of the wrong type, is an error that names it, because a
+typo in a recipe silently falling back to a default would cost a 54k-iteration run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Size = tuple[int, int]  # (width, height), the order image tools use
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "synthia2cityscapes16"
+    protocol: str = "synthia2cityscapes16"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset paths are relative to the data root unless absolute (see `data_root`)."""
+
+    root: str = ""  # data root of this recipe; --data-root and $UDASEG_DATA take precedence
+    source_root: str = "SYNTHIA-RAND-CITYSCAPES"
+    source_format: Literal["synthia"] = "synthia"
+    target_root: str = "cityscapes"
+    target_format: Literal["cityscapes", "mapillary", "folder"] = "cityscapes"
+    target_train_split: str = "train"
+    target_val_split: str = "val"
+    source_size: Size = (1280, 760)
+    target_size: Size = (1280, 760)
+    num_workers: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18"] = "deeplabv2_resnet101"
+    init_weights: str = ""  # a local file; nothing is downloaded
+    output_stride: int = 8
+
+
+@dataclass(frozen=True)
+class GMMConfig:
+    components: int = 5
+    covariance: Literal["diag", "full", "spherical", "tied"] = "diag"
+    points_per_class: int = 200_000
+    select_k: bool = False
+    max_components: int = 8
+    squash_scale: float = 1e6
+    squash_max: float = 255.0
+    max_images: int = 0  # 0 = the whole source set
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    ablation: Literal["source_only", "m1", "m2", "full"] = "full"
+    iterations: int = 54_000
+    batch_size_source: int = 1
+    batch_size_target: int = 1
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9
+    lr_disc: float = 1e-3
+    disc_betas: tuple[float, float] = (0.9, 0.99)
+    lambda_seg: float = 1.0
+    lambda_dep: float = 0.005
+    lambda_bal: float = 0.01
+    lambda_adv: float = 0.05
+    lambda_tar: float = 0.05
+    class_weights: Literal["frequency", "none"] = "frequency"
+    amp: bool = True
+    checkpoint_every: int = 2000
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    refine: bool = True
+    conf_threshold: float = 0.9
+    connectivity: Literal[4, 8] = 8
+    n_b0: float = 50.0
+    n_b1: float = 4950.0
+    thresholds_size: Size = (1280, 760)  # the resolution N_b0, N_b1 are counted at
+    refine_size: Size = (1280, 760)
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    iterations: int = 30_000
+    batch_size: int = 1
+    keep_source_loss: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 1
+    num_figure_samples: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """Return a copy with dotted keys (`train.iterations`) replaced, type-checked."""
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            raw.setdefault(section, {})[key] = value
+        return config_from_dict(raw)
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; lists become tuples. Raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a schema bug, not a user error
+        raise TypeError(f"unsupported config type {tp} at {where}")
+    raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]} (known keys of [{section}]: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] (known sections: {', '.join(sections)})")
+    hints = typing.get_type_hints(Config)
+    kwargs = {}
+    for name, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
+        kwargs[name] = _section_from_dict(hints[name], values, name)
+    return Config(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` with a TOML value; bare words are taken as strings."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or "." not in key:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.iterations=100")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key, parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a recipe (or the defaults when `path` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: recipe not found (see stages/ for the shipped recipes)")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    try:
+        config = config_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+    if overrides:
+        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+        config = config.with_overrides(dict(items))
+    return config
+
+
+def to_toml(config: Config) -> str:
+    """The fully resolved configuration, written next to each artifact."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {fmt(v)}" for k, v in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- roots
+
+
+def data_root(explicit: str | Path | None = None, recipe_root: str = "") -> Path:
+    """Where datasets live: --data-root, else $UDASEG_DATA, else the recipe's `data.root`."""
+    root = explicit or os.environ.get("UDASEG_DATA") or recipe_root
+    if not root:
+        raise ConfigError("no data root: pass --data-root DIR or set UDASEG_DATA=DIR (the folder holding the datasets)")
+    return Path(root).expanduser()
+
+
+def runs_root(explicit: str | Path | None = None) -> Path:
+    """Where artifacts go: --runs-root, else $UDASEG_RUNS, else ./runs."""
+    return Path(explicit or os.environ.get("UDASEG_RUNS") or "runs").expanduser()
+
+
+def resolve_under(root: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else root / p

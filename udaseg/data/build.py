@@ -1,0 +1,63 @@
+"""From a recipe to datasets and loaders, so every stage builds them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from udaseg.config import Config, data_root, resolve_under
+from udaseg.data.cityscapes import CityscapesDataset
+from udaseg.data.folder import ImageFolderDataset
+from udaseg.data.mapillary import MapillaryDataset
+from udaseg.data.protocols import get_protocol
+from udaseg.data.synthia import SynthiaDataset
+
+
+def source_root(config: Config, root: str | Path | None = None) -> Path:
+    return resolve_under(data_root(root, config.data.root), config.data.source_root)
+
+
+def target_root(config: Config, root: str | Path | None = None) -> Path:
+    return resolve_under(data_root(root, config.data.root), config.data.target_root)
+
+
+def source_dataset(config: Config, root: str | Path | None = None, **kwargs) -> SynthiaDataset:
+    """The labelled source set at the recipe's source size (kwargs pass through)."""
+    kwargs.setdefault("size", config.data.source_size)
+    return SynthiaDataset(source_root(config, root), get_protocol(config.experiment.protocol), **kwargs)
+
+
+def target_dataset(config: Config, split: str, root: str | Path | None = None, labels: bool = False,
+                   **kwargs) -> Dataset:
+    """The target set of the recipe; `labels=True` for evaluation (needs ground truth)."""
+    kwargs.setdefault("size", config.data.target_size)
+    protocol = get_protocol(config.experiment.protocol)
+    path = target_root(config, root)
+    fmt = config.data.target_format
+    if fmt == "cityscapes":
+        return CityscapesDataset(path, split, protocol, load_label=labels, **kwargs)
+    if fmt == "mapillary":
+        return MapillaryDataset(path, split, protocol, load_label=labels, **kwargs)
+    kwargs.pop("label_size", None)
+    kwargs.pop("load_depth", None)
+    return ImageFolderDataset(path / split if (path / split).is_dir() else path, **kwargs)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,
+                drop_last: bool = False, generator: torch.Generator | None = None,
+                sampler=None) -> DataLoader:
+    """Worker processes decode in parallel; pinned memory makes the device copy asynchronous."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=generator,
+    )
