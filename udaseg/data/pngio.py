@@ -12,11 +12,18 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from udaseg.errors import DataError
+
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec; they remain the fastest
+# way to read 16-bit PNGs without another dependency, so the notice is silenced here.
+warnings.filterwarnings("ignore", message=".*image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
 try:
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -27,7 +34,7 @@ except (ImportError, RuntimeError) as err:  # pragma: no cover - broken torch/to
     ) from err
 
 
-class ImageFileError(ValueError):
+class ImageFileError(DataError):
     """A file that is missing, unreadable, or not what the dataset format says."""
 
 
@@ -37,7 +44,7 @@ def _decode(path: Path, mode: ImageReadMode) -> torch.Tensor:
     try:
         return decode_image(read_file(str(path)), mode=mode)
     except RuntimeError as err:
-        raise ImageFileError(f"{path}: cannot decode image ({str(err).splitlines()[0]}); re-extract or re-download it") from None
+        raise ImageFileError(f"{path}: cannot decode image (corrupt or not a PNG/JPEG file); re-extract or re-download it") from None
 
 
 def read_rgb(path: str | Path) -> torch.Tensor:

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from udaseg.config import Config, ConfigError, load_config, parse_override, to_toml
+
+STAGES = Path(__file__).resolve().parents[1] / "stages"
+
+
+@pytest.mark.parametrize("recipe", sorted(STAGES.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_recipe_loads_and_round_trips(recipe, tmp_path):
+    config = load_config(recipe)
+    assert isinstance(config, Config)
+    again = tmp_path / "resolved.toml"
+    again.write_text(to_toml(config))
+    assert load_config(again) == config
+
+
+def test_paper_values():
+    c16 = load_config(STAGES / "synthia2cityscapes16.toml")
+    assert (c16.train.lambda_seg, c16.train.lambda_dep, c16.train.lambda_bal, c16.train.lambda_adv,
+            c16.train.lambda_tar, c16.train.lr_disc) == (1.0, 0.005, 0.01, 0.05, 0.05, 1e-3)
+    assert (c16.train.lr, c16.train.momentum, c16.train.weight_decay, c16.train.power) == (2.5e-4, 0.9, 5e-4, 0.9)
+    assert (c16.train.iterations, c16.self_train.iterations) == (54000, 30000)
+    assert (c16.pseudolabel.n_b0, c16.pseudolabel.n_b1, c16.pseudolabel.conf_threshold) == (50, 4950, 0.9)
+    assert c16.data.source_size == (1280, 760) and c16.gmm.components == 5
+    c7low = load_config(STAGES / "synthia2cityscapes7_low.toml")
+    assert c7low.train.lambda_dep == 0.001 and c7low.data.target_size == (640, 320)
+    assert (c7low.pseudolabel.n_b0, c7low.pseudolabel.n_b1) == (100, 900)
+    m7 = load_config(STAGES / "synthia2mapillary7.toml")
+    assert (m7.train.lambda_bal, m7.train.lambda_dep, m7.train.lambda_adv, m7.train.lambda_tar,
+            m7.train.lr_disc) == (0.005, 1e-4, 1e-3, 1e-3, 1e-4)
+    assert m7.train.class_weights == "none" and m7.data.target_format == "mapillary"
+    assert (m7.pseudolabel.n_b0, m7.pseudolabel.n_b1) == (50, 50)
+
+
+def test_overrides_are_typed():
+    config = load_config(STAGES / "demo.toml", ["train.iterations=7", "data.source_size=[64, 32]",
+                                               "model.backbone=light_resnet18", "train.amp=false"])
+    assert config.train.iterations == 7 and config.data.source_size == (64, 32)
+    assert config.train.amp is False
+    with pytest.raises(ConfigError, match="train.iterations"):
+        load_config(None, ["train.iterations=1.5"])
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(None, ["train.amp=3"])
+    with pytest.raises(ConfigError, match="model.backbone"):
+        load_config(None, ["model.backbone=resnet9000"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("iterations=3")
+
+
+def test_unknown_keys_are_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\niteratons = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key train\.iteratons"):
+        load_config(bad)
+    bad.write_text("[trian]\niterations = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[trian\]"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown key train.nope"):
+        load_config(None, ["train.nope=1"])
+    bad.write_text("[data]\nsource_size = [1, 2, 3]\n")
+    with pytest.raises(ConfigError, match="data.source_size"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_config(tmp_path / "missing.toml")
