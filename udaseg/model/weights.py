@@ -32,7 +32,9 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file: the message is all the user needs
-        raise UdasegError(f"{what} weight file {path} is not a readable torch state dict ({exc.__class__.__name__})") from None
+        raise UdasegError(
+            f"{what} weight file {path} is not a readable torch state dict ({exc.__class__.__name__})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -75,7 +77,7 @@ def load_strict(
     if problems:
         raise UdasegError(
             f"{what} weight file {path} does not fit the backbone: " + "; ".join(problems)
-            + f"; check model.backbone / model.init_weights"
+            + "; check model.backbone / model.init_weights"
         )
     with torch.no_grad():
         for key, value in renamed.items():
