@@ -51,6 +51,13 @@ def test_berhu_mask_restricts_c_and_mean() -> None:
     # valid |e| = 0.5, 0, 2 -> c = 0.4 ; 0.5 -> (0.25 + 0.16)/0.8 = 0.5125 ; 0 -> 0 ;
     # 2 -> (4 + 0.16)/0.8 = 5.2 ; mean over 3 valid pixels
     assert berhu(pred, target, mask).item() == pytest.approx((0.5125 + 0.0 + 5.2) / 3, abs=1e-6)
+    # an invalid pixel may hold anything (missing depth as NaN) without touching the loss
+    nan_target = target.clone()
+    nan_target[1, 0, 0, 1] = float("nan")
+    loss = berhu(pred, nan_target, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx((0.5125 + 0.0 + 5.2) / 3, abs=1e-6)
+    assert torch.isfinite(pred.grad).all() and pred.grad[1, 0, 0, 1] == 0
 
 
 def test_berhu_all_equal_is_zero_without_nan() -> None:

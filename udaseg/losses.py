@@ -16,21 +16,24 @@ def berhu(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = 
 
     c = 0.2 · max|pred − target| over the batch's valid pixels, treated as a constant (no
     gradient through c); per pixel |e| if |e| ≤ c else (e² + c²) / (2c). All-equal inputs give
-    c = 0 and a loss of 0 (no NaN); no valid pixel gives 0 with a graph to `pred`.
+    c = 0 and a loss of 0 (no NaN); no valid pixel gives 0 with a graph to `pred`. Invalid
+    pixels may hold anything (NaN included). No host sync, so it is cheap on the GPU.
     """
     if pred.shape != target.shape:
         raise ValueError(f"berhu: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    if mask is None:
+        valid = torch.ones_like(pred, dtype=torch.bool)
+    elif mask.shape != pred.shape:
+        raise ValueError(f"berhu: mask {tuple(mask.shape)} does not match pred {tuple(pred.shape)}")
+    else:
+        valid = mask.bool()
+    target = torch.where(valid, target, pred.detach())  # invalid pixels: error 0, finite gradient
     err = (pred - target).abs()
-    if mask is not None:
-        if mask.shape != err.shape:
-            raise ValueError(f"berhu: mask {tuple(mask.shape)} does not match pred {tuple(pred.shape)}")
-        err = err[mask.bool()]
-    if err.numel() == 0:
-        return pred.sum() * 0.0
     c = 0.2 * err.detach().max()
     c_safe = c.clamp_min(torch.finfo(err.dtype).tiny)  # only read where |e| > c, i.e. c > 0
-    quad = (err * err + c * c) / (2.0 * c_safe)
-    return torch.where(err <= c, err, quad).mean()
+    per_pixel = torch.where(err <= c, err, (err * err + c * c) / (2.0 * c_safe))
+    per_pixel = torch.where(valid, per_pixel, torch.zeros_like(per_pixel))
+    return per_pixel.sum() / valid.sum().clamp_min(1)
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
@@ -43,11 +46,15 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     if logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
         raise ValueError(f"cross-entropy: logits {tuple(logits.shape)} vs labels {tuple(labels.shape)}")
     labels = labels.long()
-    if not bool((labels != ignore_index).any()):
-        return logits.sum() * 0.0
-    if weights is not None:
+    valid = labels != ignore_index
+    if weights is None:
+        denom = valid.sum().to(logits.dtype)
+    else:
         weights = weights.to(device=logits.device, dtype=logits.dtype)
-    return F.cross_entropy(logits, labels, weight=weights, ignore_index=ignore_index)
+        pixel_weight = weights[labels.where(valid, 0)]
+        denom = torch.where(valid, pixel_weight, torch.zeros_like(pixel_weight)).sum()
+    total = F.cross_entropy(logits, labels, weight=weights, ignore_index=ignore_index, reduction="sum")
+    return total / denom.clamp_min(torch.finfo(logits.dtype).tiny)
 
 
 def entropy_map(logits: torch.Tensor) -> torch.Tensor:
