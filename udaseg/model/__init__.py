@@ -3,6 +3,7 @@
 from udaseg.model.deeplab import SegDepthNet, SegDepthOutput, build_model
 from udaseg.model.discriminator import Discriminator
 from udaseg.model.preprocess import InputNormalization, input_normalization, normalize
+from udaseg.model.resnet import load_deeplab_imagenet, load_torchvision_resnet101
 
 __all__ = [
     "Discriminator",
@@ -11,5 +12,7 @@ __all__ = [
     "SegDepthOutput",
     "build_model",
     "input_normalization",
+    "load_deeplab_imagenet",
+    "load_torchvision_resnet101",
     "normalize",
 ]
