@@ -1,8 +1,75 @@
 """`udaseg fit-gmm`."""
 
-from udaseg.commands.common import ConfigOption, SetOption, not_yet_available
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
+                                    resolve_config, user_errors)
+from udaseg.errors import UdasegError
 
 
-def fit_gmm(config: ConfigOption = None, set_: SetOption = None) -> None:
+@user_errors
+def fit_gmm(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    data_root: DataRootOption = None,
+    runs_root: RunsRootOption = None,
+    points_per_class: Annotated[Optional[int], typer.Option(help="Reservoir size per class [gmm.points_per_class].")] = None,
+    components: Annotated[Optional[int], typer.Option(help="Mixture components K per class [gmm.components].")] = None,
+    covariance: Annotated[Optional[str], typer.Option(help="diag, spherical, full or tied [gmm.covariance].")] = None,
+    select_k: Annotated[Optional[bool], typer.Option("--select-k/--no-select-k", help="Choose K per class by BIC, up to gmm.max_components.")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help="Use only the first N source images (0 = all) [gmm.max_images].")] = None,
+    no_fit: Annotated[bool, typer.Option("--no-fit", help="Only the streaming pass (I/O reference for benchmarks); writes nothing.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the per-class PNG plots.")] = False,
+) -> None:
     """Fit the per-class depth GMMs over (column, row, inverse depth) on the source set and write gmm.h5."""
-    not_yet_available("fit-gmm")
+    import warnings
+
+    from udaseg.fitgmm import run_fit_gmm
+
+    overrides = list(set_ or [])
+    for key, value in (("points_per_class", points_per_class), ("components", components),
+                       ("select_k", select_k), ("max_images", max_images)):
+        if value is not None:
+            overrides.append(f"gmm.{key}={str(value).lower() if isinstance(value, bool) else value}")
+    if covariance is not None:
+        overrides.append(f'gmm.covariance="{covariance}"')
+    cfg = resolve_config(config, overrides)
+    if cfg.gmm.points_per_class < 1 or cfg.gmm.components < 1:
+        raise UdasegError("gmm.points_per_class and gmm.components must be at least 1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots)
+        except ValueError as err:  # an unknown protocol name
+            raise UdasegError(f"experiment.protocol: {err}") from None
+    for w in caught:
+        if not issubclass(w.category, (DeprecationWarning, ResourceWarning)):
+            console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+
+    res = report.result
+    console.print(f"source pass: {res.num_images} images in {report.pass_seconds:.1f} s "
+                  f"({res.num_images / max(report.pass_seconds, 1e-9):.1f} img/s), "
+                  f"reservoirs {report.reservoir_bytes / 2**20:.1f} MiB", highlight=False)
+    if report.model is None:
+        console.print("--no-fit: nothing written")
+        return
+    model = report.model
+    table = Table(title=f"depth GMMs of {cfg.experiment.name} ({model.protocol}, grid "
+                        f"{model.grid_size[0]}×{model.grid_size[1]})")
+    for column, justify in (("class", "left"), ("points", "right"), ("of", "right"), ("frequency", "right"),
+                            ("CE weight", "right"), ("K", "right"), ("note", "left")):
+        table.add_column(column, justify=justify)
+    for c, (name, g) in enumerate(zip(model.class_names, model.gmms)):
+        table.add_row(name, f"{g.n_points:,}", f"{int(res.seen[c]):,}", f"{model.frequencies[c]:.5f}",
+                      f"{model.ce_weights[c]:.3f}", str(g.n_components), "" if g.fallback == "none" else g.fallback)
+    console.print(table)
+    console.print(f"fitting: {report.fit_seconds:.1f} s; wrote {report.gmm_file}"
+                  + (f" and {len(report.plots)} plots in {report.plots[0].parent}" if report.plots else ""),
+                  highlight=False, soft_wrap=True)
+    recipe = f" --config {config}" if config else ""
+    next_step(f"udaseg train{recipe}")

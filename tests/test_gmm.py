@@ -1,0 +1,373 @@
+"""fit-gmm and the depth density: checked against scikit-learn, scipy and hand computation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.mixture import GaussianMixture
+
+from udaseg.errors import UdasegError
+from udaseg.fitgmm import MIN_POINTS, PassResult, Reservoir, collect, fit_all, image_points
+from udaseg.gmm import ClassGMM, DepthGMM, class_weights, expand_covariances, load_gmm, write_gmm
+
+GRID = (7, 5)  # (width, height) of a tiny output grid
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _random_model(covariance: str, num_classes: int = 3, seed: int = 0, grid=GRID):
+    """Fit real sklearn mixtures to random blobs; return (DepthGMM, the sklearn objects)."""
+    rng = np.random.default_rng(seed)
+    sk, gmms = [], []
+    for c in range(num_classes):
+        k = 1 + c % 3  # different K per class exercises the padding
+        centres = rng.uniform([0, 0, 1], [grid[0], grid[1], 200], size=(k, 3))
+        scales = rng.uniform([0.5, 0.5, 2], [3, 2, 30], size=(k, 3))
+        X = np.concatenate([rng.normal(m, s, size=(200, 3)) for m, s in zip(centres, scales)])
+        g = GaussianMixture(k, covariance_type=covariance, random_state=seed).fit(X)
+        sk.append(g)
+        gmms.append(ClassGMM(g.weights_, g.means_, expand_covariances(g.covariances_, covariance, k), len(X)))
+    counts = rng.integers(1, 1000, size=num_classes)
+    model = DepthGMM("synthia2cityscapes16" if num_classes == 16 else "test", tuple(f"c{i}" for i in range(num_classes)),
+                     gmms, covariance, grid, (8 * grid[0], 8 * grid[1]), counts, config_toml="[gmm]\n")
+    return model, sk
+
+
+def _sk_pdf(sk, points: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    out = np.empty(len(points))
+    for c, g in enumerate(sk):
+        sel = classes == c
+        if sel.any():
+            out[sel] = np.exp(g.score_samples(points[sel].astype(np.float64)))
+    return out
+
+
+# ------------------------------------------------------------------ density
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("covariance", ["diag", "full", "spherical", "tied"])
+def test_pdf_equals_sklearn(covariance, dtype, device):
+    model, sk = _random_model(covariance, num_classes=4, seed=1)
+    rng = np.random.default_rng(2)
+    pts = rng.uniform([0, 0, 1], [GRID[0], GRID[1], 200], size=(500, 3))
+    cls = rng.integers(0, 4, size=500)
+    feats = torch.tensor(pts, dtype=dtype, device=device)
+    got = model.to(device).pdf(feats, torch.tensor(cls, device=device))
+    assert got.dtype == dtype and got.device.type == device
+    ref = _sk_pdf(sk, feats.cpu().double().numpy(), cls)  # same (rounded) inputs
+    keep = ref > 1e-30  # float32 cannot hold smaller values with 1e-5 relative accuracy
+    assert keep.sum() > 400
+    np.testing.assert_allclose(got.cpu().double().numpy()[keep], ref[keep], rtol=1e-5)
+    log = model.log_pdf(feats, torch.tensor(cls, device=device)).cpu().numpy()
+    np.testing.assert_allclose(log, np.log(ref), rtol=0, atol=1e-9)
+
+
+def test_pdf_far_points_are_zero_not_nan():
+    model, _ = _random_model("diag")
+    feats = torch.tensor([[0.0, 0.0, 1e9], [1e6, -1e6, -5.0]])
+    p = model.pdf(feats, torch.tensor([0, 2]))
+    assert torch.equal(p, torch.zeros(2))
+    assert torch.equal(model.squash(p), torch.zeros(2))
+
+
+def test_squash_matches_formula_over_range():
+    model, _ = _random_model("diag")
+    p = torch.tensor([0.0, 1e-12, 1e-9, 1e-6, 1e-5, 1e-3, 1.0], dtype=torch.float64)
+    want = -255.0 * np.expm1(-1e6 * p.numpy())  # = 255·(1 − exp(−1e6·p)), accurate for small p
+    np.testing.assert_allclose(want, 255.0 * (1 - np.exp(-1e6 * p.numpy())), rtol=1e-9)
+    np.testing.assert_allclose(model.squash(p).numpy(), want, rtol=1e-12, atol=1e-300)
+    with np.errstate(divide="ignore"):
+        logp = torch.tensor(np.log(p.numpy()))
+    np.testing.assert_allclose(model.squash_log(logp).numpy(), want, rtol=1e-12, atol=1e-300)
+
+
+def _slow_maps(model: DepthGMM, sk, pred, gt, depth):
+    """Per-pixel reference: sklearn score_samples of (x, y, d), squashed with the formula."""
+    B, h, w = pred.shape
+    out = np.zeros((B, h, w))
+    for b in range(B):
+        for y in range(h):
+            for x in range(w):
+                c = int(pred[b, y, x])
+                if gt is not None and int(gt[b, y, x]) != c:
+                    continue
+                p = math.exp(sk[c].score_samples(np.array([[x, y, float(depth[b, y, x])]]))[0])
+                out[b, y, x] = 255.0 * (1.0 - math.exp(-1e6 * p))
+    return out
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_density_maps_match_per_pixel_reference(covariance):
+    model, sk = _random_model(covariance, num_classes=3, seed=3)
+    rng = np.random.default_rng(4)
+    B, (w, h) = 2, GRID
+    pred = torch.tensor(rng.integers(0, 3, size=(B, h, w)))
+    gt = pred.clone()
+    flip = torch.tensor(rng.random((B, h, w)) < 0.3)
+    gt[flip] = torch.tensor(rng.integers(0, 3, size=int(flip.sum())))
+    gt[0, 0, :3] = 255  # ignore pixels
+    gt = gt.to(torch.uint8)
+    depth = torch.tensor(rng.uniform(1, 200, size=(B, h, w)), dtype=torch.float32)
+    ds = model.source_target(pred, gt, depth)
+    dt = model.target_target(pred, depth.clone().requires_grad_())
+    assert ds.shape == (B, h, w) and ds.dtype == torch.float32 and not dt.requires_grad
+    ref_s = _slow_maps(model, sk, pred, gt, depth)
+    ref_t = _slow_maps(model, sk, pred, None, depth)
+    assert (ref_s > 1e-3).sum() > 10 and np.all(ds[0, 0, :3].numpy() == 0)
+    np.testing.assert_allclose(ds.numpy(), ref_s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dt.detach().numpy(), ref_t, rtol=1e-5, atol=1e-6)
+
+
+def test_maps_reject_wrong_grid():
+    model, _ = _random_model("diag")
+    with pytest.raises(UdasegError, match="7×5"):
+        model.target_target(torch.zeros(1, 4, 4, dtype=torch.long), torch.ones(1, 4, 4))
+
+
+# ------------------------------------------------------------------ class weights
+
+
+def test_class_weights_by_hand():
+    freq, w, absent = class_weights([50, 30, 20, 0])
+    np.testing.assert_allclose(freq, [0.5, 0.3, 0.2, 0.0])
+    np.testing.assert_allclose(w[:3], [1 / (4 * 0.5), 1 / (4 * 0.3), 1 / (4 * 0.2)])
+    assert absent == [3] and w[3] == pytest.approx(1 / (4 * 0.2))  # rarest present class's weight
+
+
+def test_class_weights_reproduce_published_16_class_values():
+    published = np.array([0.327, 0.313, 0.206, 22.427, 22.558, 5.811, 155.643, 59.528, 0.586,
+                          0.882, 1.423, 12.871, 1.488, 3.955, 29.164, 27.563])
+    freq = 1 / (16 * published)
+    assert freq.sum() == pytest.approx(1.0, abs=2e-3)  # the published weights are 1/(C f_i)
+    counts = np.round(freq / freq.sum() * 1e9)
+    _, w, absent = class_weights(counts)
+    assert not absent
+    np.testing.assert_allclose(w, published, rtol=2e-3)
+    with pytest.raises(UdasegError):
+        class_weights([0, 0])
+
+
+# ------------------------------------------------------------------ reservoir
+
+
+def test_reservoir_is_uniform_and_bounded():
+    n, cap, trials = 400, 40, 1500
+    rng = np.random.default_rng(123)
+    hits = np.zeros(n)
+    items = np.arange(n, dtype=np.float32)[:, None].repeat(3, 1)
+    for _ in range(trials):
+        r = Reservoir(cap)
+        start = 0
+        while start < n:
+            size = int(rng.integers(1, 60))
+            batch = items[start:start + size]
+            r.add(batch, rng.random(len(batch)))
+            assert r._held <= 2 * cap + 60
+            start += size
+        s = r.sample()
+        assert s.shape == (cap, 3) and len(np.unique(s[:, 0])) == cap
+        hits[s[:, 0].astype(int)] += 1
+    # each item should be kept with probability cap/n, whatever its position in the stream
+    expected = trials * cap / n
+    chi2 = ((hits - expected) ** 2 / (expected * (1 - cap / n))).sum()
+    assert stats.chi2.sf(chi2, n - 1) > 1e-3
+    first, last = hits[: n // 4].mean(), hits[-n // 4:].mean()
+    assert abs(first - last) < 0.1 * expected
+
+
+def test_reservoir_keeps_everything_below_capacity():
+    r = Reservoir(100)
+    pts = np.arange(30, dtype=np.float32).reshape(10, 3)
+    r.add(pts[:4], np.random.default_rng(0).random(4))
+    r.add(pts[4:], np.random.default_rng(1).random(6))
+    s = r.sample()
+    assert r.seen == 10 and sorted(map(tuple, s)) == sorted(map(tuple, pts))
+
+
+def test_collect_counts_and_samples_come_from_the_data():
+    rng = np.random.default_rng(5)
+    C, (w, h) = 4, GRID
+    items = []
+    for _ in range(12):
+        lab = rng.integers(0, C, size=(h, w)).astype(np.uint8)
+        lab[rng.random((h, w)) < 0.2] = 255
+        lab[lab == 3] = 255  # class 3 absent
+        dep = rng.uniform(1, 100, size=(h, w)).astype(np.float32)
+        dep[0, 0] = 0.0  # invalid depth: counted, not sampled
+        items.append({"label": torch.from_numpy(lab), "depth": torch.from_numpy(dep)})
+    res = collect(items, C, capacity=50, seed=0)
+    all_lab = np.stack([i["label"].numpy() for i in items])
+    np.testing.assert_array_equal(res.pixel_counts, [(all_lab == c).sum() for c in range(C)])
+    table = {}
+    for i in items:
+        lab, dep = i["label"].numpy(), i["depth"].numpy()
+        for y in range(h):
+            for x in range(w):
+                if lab[y, x] < C and dep[y, x] > 0:
+                    table.setdefault(int(lab[y, x]), set()).add((x, y, float(dep[y, x])))
+    for c in range(C):
+        assert res.seen[c] == len([1 for i in items for v in i["label"].numpy().ravel() if v == c]) - \
+            sum(int(i["label"][0, 0] == c) for i in items)
+        assert len(res.samples[c]) == min(50, res.seen[c])
+        assert all((float(x), float(y), float(d)) in table[c] for x, y, d in res.samples[c])
+    assert res.num_images == 12 and len(res.samples[3]) == 0
+
+
+# ------------------------------------------------------------------ fitting
+
+
+def test_fit_matches_sklearn_and_falls_back_with_warnings():
+    rng = np.random.default_rng(6)
+    big = rng.normal([3, 2, 50], [1, 1, 10], size=(600, 3)).astype(np.float32)
+    small = rng.normal([1, 1, 5], [1, 1, 1], size=(25, 3)).astype(np.float32)
+    tiny = small[: MIN_POINTS - 1]
+    samples = [big, small, tiny, np.zeros((0, 3), np.float32)]
+    res = PassResult(samples, np.array([600, 25, 9, 0]), np.array([600, 25, 9, 0]), 1, 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gmms = fit_all(res, ["a", "b", "c", "d"], GRID, components=5, covariance="diag", seed=0)
+    text = " ".join(str(w.message) for w in caught)
+    assert "'b'" in text and "K reduced from 5 to 2" in text and "'c' (9), 'd' (0)" in text
+    ref = GaussianMixture(5, covariance_type="diag", random_state=0).fit(big.astype(np.float64))
+    np.testing.assert_allclose(gmms[0].weights, ref.weights_)
+    np.testing.assert_allclose(gmms[0].means, ref.means_)
+    np.testing.assert_allclose(gmms[0].variances, ref.covariances_)
+    assert gmms[1].n_components == 2 and gmms[1].fallback == "reduced_k"
+    pooled = np.concatenate([big, small, tiny]).astype(np.float64)
+    for g in gmms[2:]:
+        assert g.fallback == "pooled" and g.n_components == 1
+        np.testing.assert_allclose(g.means[0], pooled.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(g.variances[0], pooled.var(0), rtol=1e-5)
+
+
+def test_select_k_picks_the_bic_minimum():
+    rng = np.random.default_rng(7)
+    X = np.concatenate([rng.normal(m, 1, size=(300, 3)) for m in ([0, 0, 0], [20, 0, 0], [0, 20, 40])]).astype(np.float32)
+    res = PassResult([X], np.array([900]), np.array([900]), 1, 0.0)
+    g = fit_all(res, ["a"], GRID, 5, "diag", seed=0, select_k=True, max_components=5)[0]
+    bics = [GaussianMixture(k, covariance_type="diag", random_state=0).fit(X.astype(np.float64)).bic(X.astype(np.float64))
+            for k in range(1, 6)]
+    assert g.n_components == int(np.argmin(bics)) + 1 == 3
+
+
+# ------------------------------------------------------------------ gmm.h5
+
+
+def test_gmm_file_round_trip(tmp_path):
+    model, sk = _random_model("full", num_classes=3)
+    model.gmms[1].fallback = "reduced_k"
+    path = tmp_path / "gmm" / "gmm.h5"
+    write_gmm(path, model)
+    assert [p.name for p in path.parent.iterdir()] == ["gmm.h5"]  # no temporary left behind
+    back = load_gmm(path, protocol="test")
+    assert back.protocol == "test" and back.class_names == model.class_names
+    assert back.grid_size == GRID and back.input_size == (56, 40) and back.covariance_type == "full"
+    assert back.squash_scale == 1e6 and back.squash_max == 255.0 and back.config_toml == "[gmm]\n"
+    np.testing.assert_array_equal(back.pixel_counts, model.pixel_counts)
+    for a, b in zip(model.gmms, back.gmms):
+        np.testing.assert_array_equal(a.weights, b.weights)
+        np.testing.assert_array_equal(a.covariances, b.covariances)
+        assert a.n_points == b.n_points and a.fallback == b.fallback
+    with h5py.File(path, "r") as f:
+        counts = model.pixel_counts / model.pixel_counts.sum()
+        np.testing.assert_allclose(f["class_stats/frequencies"][()], counts)
+        np.testing.assert_allclose(f["class_stats/ce_weights"][()], 1 / (3 * counts))
+        np.testing.assert_allclose(f["classes/01/variances"][()], sk[1].covariances_.diagonal(axis1=1, axis2=2))
+        assert f.attrs["schema_version"] == 1 and list(f.attrs["feature_names"]) == ["column", "row", "inverse_depth"]
+    pts = torch.rand(50, 3, dtype=torch.float64) * torch.tensor([7.0, 5.0, 200.0])
+    cls = torch.randint(0, 3, (50,))
+    torch.testing.assert_close(back.pdf(pts, cls), model.pdf(pts, cls), rtol=0, atol=0)
+
+
+def test_gmm_file_errors(tmp_path):
+    model, _ = _random_model("diag")
+    path = tmp_path / "gmm.h5"
+    write_gmm(path, model)
+    with pytest.raises(UdasegError, match=r"protocol 'test'.*'synthia2cityscapes7'"):
+        load_gmm(path, protocol="synthia2cityscapes7")
+    with pytest.raises(UdasegError, match="7×5 grid"):
+        load_gmm(path, input_size=(1280, 760))
+    with pytest.raises(UdasegError, match="not found"):
+        load_gmm(tmp_path / "nope.h5")
+
+    missing = tmp_path / "missing.h5"
+    write_gmm(missing, model)
+    with h5py.File(missing, "a") as f:
+        del f["classes/02/means"]
+    with pytest.raises(UdasegError, match="classes/02/means missing.*re-run `udaseg fit-gmm`"):
+        load_gmm(missing)
+
+    truncated = tmp_path / "truncated.h5"
+    data = path.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UdasegError, match="truncated.h5.*re-run `udaseg fit-gmm`"):
+        load_gmm(truncated)
+
+    newer = tmp_path / "newer.h5"
+    write_gmm(newer, model)
+    with h5py.File(newer, "a") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(UdasegError, match="schema version 99"):
+        load_gmm(newer)
+
+
+# ------------------------------------------------------------------ the command, end to end
+
+
+def _write_synthia(root: Path, n: int, size=(64, 40), seed=0) -> None:
+    """Tiny SYNTHIA-format files: raw ids road (3) bottom, building (2) middle, sky (1) top."""
+    from udaseg.data.pngio import write_png
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        name = f"{i:07d}.png"
+        raw = np.full((h, w), 2, np.uint16)
+        raw[: h // 4] = 1
+        raw[3 * h // 4:] = 3
+        raw[h // 2: 3 * h // 4, : w // 4] = 8  # a car
+        raw[0, :5] = 0  # void -> ignore
+        cm = (300 + 4000 * (1 - np.arange(h) / h))[:, None].repeat(w, 1) + rng.uniform(0, 50, (h, w))
+        cm[: h // 4] = 60000
+        write_png(root / "RGB" / name, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        write_png(root / "GT" / "LABELS" / name, np.stack([raw, np.zeros_like(raw), np.zeros_like(raw)], -1))
+        write_png(root / "Depth" / "Depth" / name, np.repeat(cm.astype(np.uint16)[..., None], 3, -1))
+
+
+def test_fit_gmm_command_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from udaseg.cli import app
+    from udaseg.data.protocols import get_protocol
+    from udaseg.data.synthia import SynthiaDataset
+
+    _write_synthia(tmp_path / "data" / "src", n=6)
+    args = ["fit-gmm", "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+            "--set", "experiment.name=t", "--set", "data.source_root=src", "--set", "data.source_size=[64, 40]",
+            "--set", "data.num_workers=0", "--points-per-class", "100", "--components", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "next: udaseg train" in result.output and "building" in result.output
+    run = tmp_path / "runs" / "t" / "gmm"
+    model = load_gmm(run / "gmm.h5", protocol="synthia2cityscapes16", input_size=(64, 40))
+    assert model.grid_size == (9, 6) and (run / "config.toml").is_file()
+    assert sorted(p.name for p in (run / "plots").iterdir())[:2] == ["00_road.png", "01_sidewalk.png"]
+    ds = SynthiaDataset(tmp_path / "data" / "src", get_protocol("synthia2cityscapes16"), size=(9, 6), load_image=False)
+    labels = np.stack([ds[i]["label"].numpy() for i in range(len(ds))])
+    np.testing.assert_array_equal(model.pixel_counts, [(labels == c).sum() for c in range(16)])
+    assert model.gmms[2].n_points == min(100, (labels == 2).sum()) and model.gmms[2].fallback == "none"
+    assert model.gmms[3].fallback == "pooled"  # wall is absent
+    road = labels == 0
+    assert model.gmms[0].means[:, 1].min() >= road.nonzero()[1].min() - 1e-6  # road rows are the bottom ones
+
+    no_fit = CliRunner().invoke(app, [*args, "--no-fit", "--set", "experiment.name=u"])
+    assert no_fit.exit_code == 0 and "nothing written" in no_fit.output
+    assert not (tmp_path / "runs" / "u").exists()
