@@ -67,7 +67,9 @@ class GMMConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    ablation: Literal["source_only", "m1", "m2", "full"] = "full"
+    # paper Table 3: m1 = seg + depth (F̂ = entropy), m2 = + density (the full stage 1);
+    # source_only = weighted CE on the source alone. M3 / M4 are pseudolabel without / with refine.
+    ablation: Literal["source_only", "m1", "m2"] = "m2"
     iterations: int = 54_000
     batch_size_source: int = 1
     batch_size_target: int = 1

@@ -52,8 +52,8 @@ def user_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except (UdasegError, ConfigError) as err:
             fail(str(err))
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
+        except KeyboardInterrupt as err:
+            console.print(f"[yellow]interrupted[/] {err}; resume with --continue" if str(err) else "[yellow]interrupted[/]")
             sys.exit(130)
 
     return wrapper

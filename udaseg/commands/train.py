@@ -1,8 +1,48 @@
 """`udaseg train`."""
 
-from udaseg.commands.common import ConfigOption, SetOption, not_yet_available
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
+                                    resolve_config, user_errors)
 
 
-def train(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Stage 1: source segmentation + depth + density, adversarial alignment of entropy x density maps."""
-    not_yet_available("train")
+@user_errors
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    data_root: DataRootOption = None,
+    runs_root: RunsRootOption = None,
+    continue_: Annotated[bool, typer.Option("--continue", help="Resume from train/checkpoint_latest.pt.")] = False,
+    ablation: Annotated[Optional[str], typer.Option(help="source_only | m1 | m2 (overrides train.ablation).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Overrides train.iterations.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")] = None,
+) -> None:
+    """Stage 1: source segmentation + depth + density, adversarial alignment of entropy x density maps.
+
+    Writes train/checkpoint_latest.pt every train.checkpoint_every iterations, train/checkpoint_final.pt at
+    the end, log.jsonl and progress.png. Ctrl-C saves a checkpoint first; --continue resumes exactly.
+    Several GPUs: torchrun --nproc_per_node=N -m udaseg train --config ...
+    """
+    from udaseg.engine import cleanup_distributed, setup_distributed
+    from udaseg.stage1 import train_stage1
+
+    overrides = list(set_ or [])
+    if ablation is not None:
+        overrides.append(f"train.ablation={ablation}")
+    if iterations is not None:
+        overrides.append(f"train.iterations={iterations}")
+    cfg = resolve_config(config, overrides)
+    env = setup_distributed(device)
+    try:
+        final = train_stage1(cfg, env, data_root, runs_root, resume=continue_, workers=workers)
+    finally:
+        cleanup_distributed()
+    if env.is_main:
+        console.print(f"stage 1 done: {final}")
+        recipe = f" --config {config}" if config else ""
+        next_step(f"udaseg pseudolabel{recipe} --checkpoint {final} --refine")

@@ -1,0 +1,331 @@
+"""The training loop's engineering, shared by `train` and `self-train`.
+
+A stage supplies a `step(iteration) -> {name: scalar tensor}` that does one optimisation
+step, and a `state() -> dict` / `load_state(dict)` pair of everything that must survive a
+restart. This module does the rest: resumable deterministic sampling, poly learning rates,
+atomic checkpoints readable with `weights_only=True`, a JSONL log, a progress bar, NaN
+detection that keeps the last good checkpoint, Ctrl-C that saves before exiting, and DDP
+set-up under `torchrun`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import Sampler
+
+from udaseg.errors import UdasegError
+
+CHECKPOINT_LATEST = "checkpoint_latest.pt"
+CHECKPOINT_FINAL = "checkpoint_final.pt"
+LOG_FILE = "log.jsonl"
+
+
+class NonFiniteLoss(UdasegError):
+    """A loss became NaN or infinite; the run stops without saving the broken weights."""
+
+
+class CheckpointError(UdasegError):
+    """A checkpoint that is missing, truncated or not a udaseg checkpoint."""
+
+
+# ----------------------------------------------------------------------------- devices, DDP
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str | None = None) -> DistEnv:
+    """Read torchrun's environment; one process on CPU (or the first GPU) otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank, world_size, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless, reproducible stream of shuffled indices, sharded over DDP ranks.
+
+    Epoch e is `randperm(n)` drawn from seed + e; rank r takes every world-th index. Starting
+    at `start` (samples this rank has consumed) replays the exact same stream, which is what
+    makes a continued run identical to an uninterrupted one.
+    """
+
+    def __init__(self, num_samples: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        if num_samples <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n, self.seed, self.start = num_samples, seed, start
+        self.rank, self.world, self.shuffle = rank, world_size, shuffle
+        self.per_epoch = len(range(rank, num_samples, world_size))
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)[self.rank::self.world]
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=gen)[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.per_epoch)
+        while True:
+            yield from self._epoch(epoch)[offset:].tolist()
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
+    return base * (1.0 - min(iteration, total) / max(total, 1)) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to `lr` times its `lr_mult` (heads learn 10× faster)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with `weights_only=True`; anything unreadable is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check the path or run the stage that writes it")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, pickled objects, random bytes...
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable udaseg checkpoint ({first}); delete it and use an earlier one or re-run") from None
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise CheckpointError(f"{path}: not a udaseg checkpoint (no model weights / iteration in it)")
+    return state
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _StopFlag:
+    """SIGINT sets a flag; the loop finishes its iteration, saves, then stops."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+@dataclass
+class LoopSpec:
+    out_dir: Path
+    total_iterations: int
+    start_iteration: int
+    checkpoint_every: int
+    log_every: int
+    images_per_step: int
+    description: str
+    step: Callable[[int], dict[str, torch.Tensor]]
+    state: Callable[[int], dict]  # iteration -> checkpoint dict
+    lrs: Callable[[], dict[str, float]]
+    progress: bool = True
+    on_checkpoint: Callable[[], None] | None = None
+
+
+def _truncate_log(path: Path, keep_until: int) -> None:
+    """On resume, drop log lines from iterations the checkpoint did not reach."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("iteration", 0) <= keep_until]
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def run_loop(spec: LoopSpec, env: DistEnv) -> int:
+    """Run `spec.step` from start to total; returns the last completed iteration."""
+    log_path = spec.out_dir / LOG_FILE
+    if env.is_main:
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_path, spec.start_iteration)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    progress = Progress(*columns, disable=not (spec.progress and env.is_main), transient=False)
+    iteration = spec.start_iteration
+    last_saved = spec.start_iteration
+    tick, tick_iteration = time.perf_counter(), iteration
+
+    def checkpoint(it: int, name: str = CHECKPOINT_LATEST) -> None:
+        nonlocal last_saved
+        if env.is_main:
+            save_checkpoint(spec.out_dir / name, spec.state(it))
+            if spec.on_checkpoint is not None:
+                spec.on_checkpoint()
+        last_saved = it
+        barrier(env)
+
+    with _StopFlag() as stop, progress:
+        task = progress.add_task(spec.description, total=spec.total_iterations, completed=iteration, losses="")
+        while iteration < spec.total_iterations:
+            losses = spec.step(iteration)
+            names = list(losses)
+            values = torch.stack([losses[k].detach().float() for k in names]).tolist() if names else []
+            if not all(math.isfinite(v) for v in values):
+                bad = [k for k, v in zip(names, values) if not math.isfinite(v)]
+                raise NonFiniteLoss(
+                    f"loss {', '.join(bad)} became {values[names.index(bad[0])]} at iteration {iteration + 1}; "
+                    f"stopped without saving — {spec.out_dir / CHECKPOINT_LATEST} (iteration {last_saved}) is kept; "
+                    "lower the learning rate or check the data, then resume with --continue"
+                )
+            iteration += 1
+            if env.is_main and (iteration % spec.log_every == 0 or iteration == spec.total_iterations):
+                now = time.perf_counter()
+                rate = (iteration - tick_iteration) * spec.images_per_step * env.world_size / max(now - tick, 1e-9)
+                tick, tick_iteration = now, iteration
+                record = {"iteration": iteration, **dict(zip(names, values)), **spec.lrs(),
+                          "images_per_s": round(rate, 3), "time": time.time()}
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                shown = " ".join(f"{k}={v:.3g}" for k, v in zip(names, values))
+                progress.update(task, completed=iteration, losses=shown)
+            else:
+                progress.update(task, completed=iteration)
+            if stop.set:
+                checkpoint(iteration)
+                raise KeyboardInterrupt(f"checkpoint saved at iteration {iteration}")
+            if iteration % spec.checkpoint_every == 0 and iteration < spec.total_iterations:
+                checkpoint(iteration)
+    checkpoint(iteration)
+    checkpoint(iteration, CHECKPOINT_FINAL)
+    return iteration
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_progress(log_path: Path, out_path: Path) -> None:
+    """Loss curves from the JSONL log as `progress.png` (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    records = read_log(log_path)
+    if not records:
+        return
+    skip = {"iteration", "time", "images_per_s"}
+    keys = [k for k in records[-1] if k not in skip and not k.startswith("lr")]
+    its = [r["iteration"] for r in records]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in keys:
+        axes[0].plot(its, [r.get(k, float("nan")) for r in records], label=k)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_title("losses")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(its, [r.get("images_per_s", float("nan")) for r in records])
+    axes[1].set_xlabel("iteration")
+    axes[1].set_title("images / s")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out_path)

@@ -1,0 +1,290 @@
+"""Stage 1 (`udaseg train`): source supervision + depth + density, adversarial alignment.
+
+One iteration, as in DESIGN.md §5 (read `Stage1Step.__call__` top to bottom):
+
+    source:  CE_w(seg) + λ_dep·berHu(depth) + λ_bal·berHu(density, D_s)        backward
+    target:  λ_adv·BCE(D(F̂_t), source) + λ_tar·berHu(density_t, D_t)          backward
+    discriminator: BCE(D(F̂_s), source) + BCE(D(F̂_t), target), detached inputs  backward
+    F̂ = entropy(softmax) × density, both upsampled to the input size
+
+Ablations (paper Table 3): `m1` drops the density (F̂ = entropy, no D_s / D_t losses),
+`source_only` keeps only the weighted CE; `m2` is the full stage 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from udaseg.config import Config, data_root, resolve_under, to_toml
+from udaseg.data.build import make_loader, source_dataset, target_dataset
+from udaseg.data.protocols import get_protocol
+from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, ResumableSampler, load_checkpoint, plot_progress,
+                           poly_lr, rng_state, run_loop, set_lr, set_rng_state, unwrap)
+from udaseg.errors import UdasegError
+from udaseg.gmm import DepthGMM, load_gmm
+from udaseg.layout import RunLayout
+from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
+from udaseg.model import Discriminator, build_model, normalize
+
+CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 is slower than fp32 for convs)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
+
+
+def to_grid(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Labels or depth [B, H, W] -> the output grid, nearest at pixel centres (as fit-gmm)."""
+    dtype = x.dtype
+    out = F.interpolate(x[:, None].float(), size=grid_hw, mode="nearest-exact")[:, 0]
+    return out.to(dtype)
+
+
+@dataclass
+class Stage1Parts:
+    """Everything stage 1 optimises or reads, built once from a recipe."""
+
+    model: nn.Module
+    disc: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    optimizer_disc: torch.optim.Optimizer | None
+    gmm: DepthGMM | None
+    class_weights: torch.Tensor | None
+
+
+def load_gmm_for(config: Config, layout: RunLayout, required: bool) -> DepthGMM | None:
+    if not layout.gmm_file.is_file():
+        if required:
+            raise UdasegError(f"{layout.gmm_file}: not found; run `udaseg fit-gmm` with this recipe first")
+        return None
+    return load_gmm(layout.gmm_file, protocol=config.experiment.protocol, input_size=config.data.source_size)
+
+
+def init_weights_path(config: Config, root: str | Path | None) -> Path | None:
+    if not config.model.init_weights:
+        return None
+    path = Path(config.model.init_weights).expanduser()
+    if not path.is_absolute():
+        path = resolve_under(data_root(root, config.data.root), config.model.init_weights)
+    if not path.is_file():
+        raise UdasegError(f"{path}: pretrained weights not found (model.init_weights); give a local file — nothing is downloaded")
+    return path
+
+
+def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> Stage1Parts:
+    t = config.train
+    num_classes = get_protocol(config.experiment.protocol).num_classes
+    needs_gmm = t.ablation == "m2" or t.class_weights == "frequency"
+    gmm = load_gmm_for(config, layout, required=needs_gmm)
+    model = build_model(config.model.backbone, num_classes, init_weights_path(config, root)).to(env.device)
+    if env.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(unwrap(model).param_groups(t.lr), lr=t.lr, momentum=t.momentum,
+                                weight_decay=t.weight_decay)
+    disc = optimizer_disc = None
+    if t.ablation != "source_only":
+        disc = Discriminator(num_classes).to(env.device)
+        optimizer_disc = torch.optim.Adam(disc.parameters(), lr=t.lr_disc, betas=t.disc_betas)
+    if env.distributed:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        # ablations leave the depth / density heads unused: DDP must not wait for their grads
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=t.ablation != "m2")
+        if disc is not None:
+            disc = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+    weights = None
+    if t.class_weights == "frequency":
+        weights = torch.as_tensor(gmm.ce_weights, dtype=torch.float32, device=env.device)
+    if gmm is not None:
+        gmm.to(env.device)
+    return Stage1Parts(model, disc, optimizer, optimizer_disc, gmm, weights)
+
+
+class Stage1Step:
+    """One stage-1 iteration; the data iterators are consumed one batch each per call."""
+
+    def __init__(self, config: Config, parts: Stage1Parts, env: DistEnv, source_iter, target_iter):
+        self.cfg, self.t, self.p, self.env = config, config.train, parts, env
+        self.source_iter, self.target_iter = source_iter, target_iter
+        self.backbone = config.model.backbone
+        self.heads = {"source_only": ("seg",), "m1": ("seg", "depth"), "m2": ("seg", "depth", "density")}[self.t.ablation]
+
+    def _inputs(self, batch: dict) -> torch.Tensor:
+        x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
+        return x.contiguous(memory_format=torch.channels_last) if self.env.device.type == "cuda" else x
+
+    def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
+        t, p, dev = self.t, self.p, self.env.device
+        set_lr(p.optimizer, poly_lr(t.lr, iteration, t.iterations, t.power))
+        p.optimizer.zero_grad(set_to_none=True)
+        losses: dict[str, torch.Tensor] = {}
+
+        # ---- source: supervised segmentation, depth and density
+        src = next(self.source_iter)
+        x_s = self._inputs(src)
+        size_s = tuple(x_s.shape[-2:])
+        label_s = src["label"].to(dev, non_blocking=True).long()
+        with autocast(dev, t.amp):
+            out_s = p.model(x_s, heads=self.heads)
+        losses["seg"] = weighted_cross_entropy(upsample(out_s.seg, size_s), label_s, p.class_weights)
+        loss_s = t.lambda_seg * losses["seg"]
+        if "depth" in self.heads:
+            depth_s = src["depth"].to(dev, non_blocking=True)
+            losses["depth"] = berhu(upsample(out_s.depth, size_s)[:, 0], depth_s, mask=depth_s > 0)
+            loss_s = loss_s + t.lambda_dep * losses["depth"]
+        if "density" in self.heads:
+            grid_hw = tuple(out_s.seg.shape[-2:])
+            d_s = p.gmm.source_target(out_s.seg.detach().argmax(1), to_grid(label_s, grid_hw), to_grid(depth_s, grid_hw))
+            losses["density_src"] = berhu(out_s.density[:, 0].float(), d_s.float())
+            loss_s = loss_s + t.lambda_bal * losses["density_src"]
+        loss_s.backward()
+
+        if p.disc is not None:
+            # ---- target: fool the discriminator, learn the target density
+            tgt = next(self.target_iter)
+            x_t = self._inputs(tgt)
+            size_t = tuple(x_t.shape[-2:])
+            with autocast(dev, t.amp):
+                out_t = p.model(x_t, heads=self.heads)
+            loss_t = 0.0
+            if "density" in self.heads:
+                d_t = p.gmm.target_target(out_t.seg.detach().argmax(1), out_t.depth.detach()[:, 0])
+                losses["density_tgt"] = berhu(out_t.density[:, 0].float(), d_t.float())
+                loss_t = t.lambda_tar * losses["density_tgt"]
+                dens_t, dens_s = out_t.density.float(), out_s.density.detach().float()
+            else:  # M1: F̂ is the entropy map alone
+                dens_s = torch.ones_like(out_s.seg[:, :1], dtype=torch.float32)
+                dens_t = torch.ones_like(out_t.seg[:, :1], dtype=torch.float32)
+            f_t = adversarial_input(out_t.seg.float(), dens_t, size_t)
+            disc = unwrap(p.disc)
+            disc.requires_grad_(False)
+            losses["adv"] = bce_adv(disc(f_t), SOURCE_LABEL)
+            (loss_t + t.lambda_adv * losses["adv"]).backward()
+            disc.requires_grad_(True)
+
+            # ---- discriminator on detached maps
+            set_lr(p.optimizer_disc, poly_lr(t.lr_disc, iteration, t.iterations, t.power))
+            p.optimizer_disc.zero_grad(set_to_none=True)
+            f_s = adversarial_input(out_s.seg.detach().float(), dens_s, size_s)
+            loss_d_s = bce_adv(p.disc(f_s), SOURCE_LABEL) / 2
+            loss_d_s.backward()
+            loss_d_t = bce_adv(p.disc(f_t.detach()), TARGET_LABEL) / 2
+            loss_d_t.backward()
+            losses["disc"] = loss_d_s.detach() + loss_d_t.detach()
+            p.optimizer_disc.step()
+        p.optimizer.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+
+def checkpoint_state(config: Config, parts: Stage1Parts, iteration: int, stage: str) -> dict:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "stage": stage,
+        "iteration": iteration,
+        "protocol": config.experiment.protocol,
+        "num_classes": get_protocol(config.experiment.protocol).num_classes,
+        "backbone": config.model.backbone,
+        "model": unwrap(parts.model).state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "rng": rng_state(),
+        "config_toml": to_toml(config),
+    }
+    if parts.disc is not None:
+        state["disc"] = unwrap(parts.disc).state_dict()
+        state["optimizer_disc"] = parts.optimizer_disc.state_dict()
+    return state
+
+
+def check_compatible(state: dict, config: Config, path: Path) -> None:
+    """A checkpoint of another protocol or backbone cannot be continued or evaluated."""
+    num_classes = get_protocol(config.experiment.protocol).num_classes
+    if state.get("num_classes") != num_classes or state.get("backbone") != config.model.backbone:
+        raise UdasegError(
+            f"{path}: checkpoint has {state.get('num_classes')} classes / backbone {state.get('backbone')!r}, "
+            f"the recipe wants {num_classes} ({config.experiment.protocol}) / {config.model.backbone!r}; "
+            "use the recipe it was trained with"
+        )
+
+
+def restore(parts: Stage1Parts, state: dict) -> None:
+    unwrap(parts.model).load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.disc is not None:
+        if "disc" not in state:
+            raise UdasegError("the checkpoint has no discriminator (a source-only run); continue it with the same ablation")
+        unwrap(parts.disc).load_state_dict(state["disc"])
+        parts.optimizer_disc.load_state_dict(state["optimizer_disc"])
+    set_rng_state(state["rng"])
+
+
+def endless(loader):
+    """Batches forever; the loader's sampler is endless, so one iterator serves the run."""
+    return iter(loader)
+
+
+def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
+                 resume: bool = False, progress: bool = True, workers: int | None = None) -> Path:
+    """Run stage 1 as the recipe says; returns the path of `checkpoint_final.pt`."""
+    layout = RunLayout.for_config(config, runs)
+    out = layout.train_dir
+    t = config.train
+    torch.manual_seed(config.experiment.seed)
+    parts = build_parts(config, env, root, layout)
+
+    start = 0
+    latest = out / CHECKPOINT_LATEST
+    if resume:
+        if not latest.is_file():
+            raise UdasegError(f"{latest}: nothing to continue; run without --continue to start")
+        state = load_checkpoint(latest, map_location=env.device)
+        check_compatible(state, config, latest)
+        restore(parts, state)
+        start = int(state["iteration"])
+    elif (out / "checkpoint_final.pt").is_file() or latest.is_file():
+        raise UdasegError(f"{out}: already holds checkpoints; pass --continue to resume, or remove the folder to start over")
+
+    workers = config.data.num_workers if workers is None else workers
+    seed = config.experiment.seed
+    src = source_dataset(config, root)
+    src_loader = make_loader(src, t.batch_size_source, workers, drop_last=True,
+                             sampler=ResumableSampler(len(src), seed, start * t.batch_size_source, env.rank, env.world_size))
+    tgt_iter = None
+    if t.ablation != "source_only":
+        tgt = target_dataset(config, config.data.target_train_split, root)
+        tgt_loader = make_loader(tgt, t.batch_size_target, workers, drop_last=True,
+                                 sampler=ResumableSampler(len(tgt), seed + 1, start * t.batch_size_target, env.rank, env.world_size))
+        tgt_iter = endless(tgt_loader)
+
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml(config))
+    step = Stage1Step(config, parts, env, endless(src_loader), tgt_iter)
+
+    def lrs() -> dict[str, float]:
+        values = {"lr": parts.optimizer.param_groups[0]["lr"]}
+        if parts.optimizer_disc is not None:
+            values["lr_disc"] = parts.optimizer_disc.param_groups[0]["lr"]
+        return values
+
+    spec = LoopSpec(
+        out_dir=out, total_iterations=t.iterations, start_iteration=start,
+        checkpoint_every=t.checkpoint_every, log_every=t.log_every,
+        images_per_step=t.batch_size_source + (t.batch_size_target if tgt_iter else 0),
+        description=f"train {config.experiment.name} [{t.ablation}]",
+        step=step, state=lambda it: checkpoint_state(config, parts, it, "stage1"), lrs=lrs, progress=progress,
+        on_checkpoint=lambda: plot_progress(out / "log.jsonl", out / "progress.png"),
+    )
+    run_loop(spec, env)
+    return out / "checkpoint_final.pt"
