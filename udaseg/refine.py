@@ -66,48 +66,57 @@ def rescale_thresholds(thresholds: torch.Tensor | Sequence[float],
 # --------------------------------------------------------------------------- torch path
 
 
-def _runs(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start and end flat indices of maximal horizontal runs of equal key ≥ 0.
+def _run_graph(key: torch.Tensor, height: int, connectivity: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Horizontal runs and the edges between touching runs of adjacent rows.
 
-    ``key`` is [R, W] (all image rows stacked), −1 for pixels that are not confident.
+    ``key`` is [R, W] (the rows of all images stacked), the class of confident pixels and −1
+    elsewhere. Returns (run id per pixel, run starts, run ends (flat indices), edge ends a, b).
+    Each pair of touching runs yields one edge per kind of contact: at the first pixel of a
+    vertical overlap and, for 8-connectivity, at a run's first (last) pixel towards a diagonal
+    neighbour that the vertical overlap does not already cover. This keeps every step a few
+    boolean passes over the image instead of one edge per pixel.
     """
     rows, w = key.shape
     valid = key >= 0
-    diff = key[:, 1:] != key[:, :-1]
+    hsame = key[:, 1:] == key[:, :-1]
     start = valid.clone()
-    start[:, 1:] &= diff
+    start[:, 1:] &= ~hsame
     end = valid.clone()
-    end[:, :-1] &= diff
-    return (torch.nonzero(start.view(-1)).view(-1), torch.nonzero(end.view(-1)).view(-1))
-
-
-def _run_edges(starts: torch.Tensor, ends: torch.Tensor, cls: torch.Tensor, width: int,
-               height: int, connectivity: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs (upper run, lower run) of same-class runs in adjacent rows of one image that touch.
-
-    Runs are sorted by flat index, so the runs of row r−1 that overlap run [s, e] of row r form
-    a contiguous index range found by two ``searchsorted`` calls; candidates of another class are
-    dropped. The number of candidates is at most (#runs in row r−1 + #runs in row r) per row.
-    """
-    stride = width + 2  # keys of different rows never collide, even with the ±1 widening
-    row = torch.div(starts, width, rounding_mode="floor")
-    s = starts - row * width
-    e = ends - row * width
-    skey = row * stride + s
-    ekey = row * stride + e
-    grow = 1 if connectivity == 8 else 0
-    lower = (row % height) != 0  # first row of each image links to nothing above
-    q_lo = (row - 1) * stride + s - grow
-    q_hi = (row - 1) * stride + e + grow
-    lo = torch.searchsorted(ekey, q_lo)  # first run above with end ≥ s − grow
-    hi = torch.searchsorted(skey, q_hi, right=True)  # one past last run above with start ≤ e + grow
-    count = torch.where(lower, (hi - lo).clamp_min(0), torch.zeros_like(lo))
-    b = torch.repeat_interleave(torch.arange(starts.numel(), device=starts.device), count)
-    offs = torch.arange(b.numel(), device=starts.device) - torch.repeat_interleave(
-        torch.cumsum(count, 0) - count, count)
-    a = lo[b] + offs
-    same = cls[a] == cls[b]
-    return a[same], b[same]
+    end[:, :-1] &= ~hsame
+    runid = torch.cumsum(start.view(-1), 0, dtype=torch.int32).sub_(1)
+    starts = torch.nonzero(start.view(-1)).view(-1)
+    ends = torch.nonzero(end.view(-1)).view(-1)
+    # vertical contacts: row r with row r − 1, never across images
+    vsame = (key[1:] == key[:-1]) & valid[1:]
+    if height > 1 and rows > height:
+        vsame[height - 1::height] = False
+    elif height == 1:
+        vsame[:] = False
+    first = vsame.clone()
+    first[:, 1:] &= ~(vsame[:, :-1] & hsame[1:])  # not the first pixel of this overlap
+    masks = [(first, 0)]
+    if connectivity == 8:
+        hsame_up = hsame[:-1]
+        # run start ↔ up-left pixel, unless the up pixel is in the same upper run and touching
+        dl = start[1:, 1:] & (key[:-1, :-1] == key[1:, 1:]) & ~(vsame[:, 1:] & hsame_up)
+        dr = end[1:, :-1] & (key[:-1, 1:] == key[1:, :-1]) & ~(vsame[:, :-1] & hsame_up)
+        if height > 1 and rows > height:
+            dl[height - 1::height] = False
+            dr[height - 1::height] = False
+        elif height == 1:
+            dl[:] = False
+            dr[:] = False
+        masks += [(dl, -1), (dr, 1)]
+    ea, eb = [], []
+    for m, d in masks:
+        # m is indexed by (r − 1, x') over rows 1..R−1; map back to flat pixel indices
+        col0 = 1 if d == -1 else 0
+        r, x = torch.nonzero(m, as_tuple=True)
+        p = (r + 1) * w + x + col0
+        eb.append(runid.index_select(0, p))
+        ea.append(runid.index_select(0, p - w + d))
+    return runid, starts, ends, torch.cat(ea), torch.cat(eb)
 
 
 def _max_rounds(n: int) -> int:
@@ -131,10 +140,12 @@ def _connect(n: int, a: torch.Tensor, b: torch.Tensor, max_rounds: int | None = 
     its root. Returns (roots, rounds used); raises RuntimeError if ``max_rounds`` is hit.
     """
     device = a.device
-    f = torch.arange(n, device=device, dtype=a.dtype)
+    f = torch.arange(n, device=device, dtype=torch.int64)
+    a, b = a.long(), b.long()
     bound = _max_rounds(n) if max_rounds is None else max_rounds
+    jumps = math.ceil(math.log2(max(n, 2))) + 2
     for rounds in range(1, bound + 1):
-        a, b = f[a], f[b]  # f is a star forest: these are roots
+        a, b = f.index_select(0, a), f.index_select(0, b)  # f is a star forest: these are roots
         keep = a != b
         a, b = a[keep], b[keep]
         if a.numel() == 0:
@@ -142,14 +153,23 @@ def _connect(n: int, a: torch.Tensor, b: torch.Tensor, max_rounds: int | None = 
         hi = torch.maximum(a, b)
         lo = torch.minimum(a, b)
         f.scatter_reduce_(0, hi, lo, reduce="amin")
-        # pointer jumping: hooks only point to smaller indices, so depth < n; ⌈log2 n⌉+1 jumps
-        for _ in range(math.ceil(math.log2(max(n, 2))) + 2):
-            g = f[f]
-            if torch.equal(g, f):
+        # pointer jumping. Hooks join roots only and point to smaller indices, so the hooked
+        # roots form chains shorter than n: ⌈log2 n⌉ jumps among them flatten the chains, then
+        # one pass over all nodes (each points at a former root) restores a star forest.
+        mark = torch.zeros(n, dtype=torch.bool, device=device)
+        mark[hi] = True
+        idx = torch.nonzero(mark).view(-1)
+        for _ in range(jumps):
+            par = f.index_select(0, idx)
+            g = f.index_select(0, par)
+            moved = g != par
+            if not bool(moved.any()):
                 break
-            f = g
+            f.index_copy_(0, idx, g)
+            idx = idx[moved]
         else:  # pragma: no cover - impossible by the depth argument above
             raise RuntimeError("refine: pointer jumping did not converge")
+        f = f.index_select(0, f)
     raise RuntimeError(f"refine: connected components did not converge in {bound} rounds "
                        f"({n} runs); this is a bug")
 
@@ -162,28 +182,19 @@ def _refine_torch(labels: torch.Tensor, confidence: torch.Tensor, thresholds: to
     c = thresholds.numel()
     lab = labels.reshape(b * h, w)
     valid = (confidence.reshape(b * h, w) >= conf_threshold) & (lab < c) & (lab >= 0)
-    key = torch.where(valid, lab.to(torch.int32), -1)
-    starts, ends = _runs(key)
+    kdtype = torch.int16 if c < 2**15 else torch.int32  # narrow keys: fewer bytes per pass
+    key = torch.where(valid, lab.to(kdtype), -1)
+    runid, starts, ends, ea, eb = _run_graph(key, h, connectivity)
     n = starts.numel()
-    out = torch.full_like(lab, IGNORE)
     if n == 0:
-        return out.view(b, h, w), 0
-    cls = key.view(-1)[starts].long()
-    ea, eb = _run_edges(starts, ends, cls, w, h, connectivity)
-    idx_dtype = torch.int32 if n < 2**31 - 1 else torch.int64
-    roots, rounds = _connect(n, ea.to(idx_dtype), eb.to(idx_dtype), max_rounds)
-    roots = roots.long()
-    lengths = ends - starts + 1
-    size = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, roots, lengths)
-    keep_run = size[roots].to(torch.float64) >= thresholds.to(device=device, dtype=torch.float64)[cls]
-    # broadcast per-run decisions to pixels: +1 at kept run starts, −1 after their ends
-    mark = torch.zeros(b * h * w + 1, dtype=torch.int32, device=device)
-    ks, ke = starts[keep_run], ends[keep_run]
-    mark.index_add_(0, ks, torch.ones_like(ks, dtype=torch.int32))
-    mark.index_add_(0, ke + 1, torch.full_like(ke, -1, dtype=torch.int32))
-    keep_pix = torch.cumsum(mark[:-1], 0, dtype=torch.int32).view(b * h, w) > 0
-    out = torch.where(keep_pix, lab, out)
-    return out.view(b, h, w), rounds
+        return torch.full_like(labels, IGNORE), 0
+    roots, rounds = _connect(n, ea, eb, max_rounds)
+    cls = key.view(-1).index_select(0, starts).long()
+    size = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, roots, ends - starts + 1)
+    thr = thresholds.to(device=device, dtype=torch.float64).index_select(0, cls)
+    keep_run = size.index_select(0, roots).to(torch.float64) >= thr
+    keep_pix = keep_run.index_select(0, runid.clamp_min_(0)).view(b * h, w) & valid
+    return lab.masked_fill(~keep_pix, IGNORE).view(b, h, w), rounds
 
 
 # --------------------------------------------------------------------------- dispatch
