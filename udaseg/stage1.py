@@ -54,7 +54,7 @@ def to_grid(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
 
 
 @dataclass
-class Stage1Parts:
+class TrainParts:
     """Everything stage 1 optimises or reads, built once from a recipe."""
 
     model: nn.Module
@@ -84,7 +84,7 @@ def init_weights_path(config: Config, root: str | Path | None) -> Path | None:
     return path
 
 
-def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> Stage1Parts:
+def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> TrainParts:
     t = config.train
     num_classes = get_protocol(config.experiment.protocol).num_classes
     needs_gmm = t.ablation == "m2" or t.class_weights == "frequency"
@@ -109,13 +109,13 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
         weights = torch.as_tensor(gmm.ce_weights, dtype=torch.float32, device=env.device)
     if gmm is not None:
         gmm.to(env.device)
-    return Stage1Parts(model, disc, optimizer, optimizer_disc, gmm, weights)
+    return TrainParts(model, disc, optimizer, optimizer_disc, gmm, weights)
 
 
 class Stage1Step:
     """One stage-1 iteration; the data iterators are consumed one batch each per call."""
 
-    def __init__(self, config: Config, parts: Stage1Parts, env: DistEnv, source_iter, target_iter):
+    def __init__(self, config: Config, parts: TrainParts, env: DistEnv, source_iter, target_iter):
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
         self.source_iter, self.target_iter = source_iter, target_iter
         self.backbone = config.model.backbone
@@ -188,7 +188,7 @@ class Stage1Step:
         return {k: v.detach() for k, v in losses.items()}
 
 
-def checkpoint_state(config: Config, parts: Stage1Parts, iteration: int, stage: str) -> dict:
+def checkpoint_state(config: Config, parts: TrainParts, iteration: int, stage: str) -> dict:
     state = {
         "format": CHECKPOINT_FORMAT,
         "stage": stage,
@@ -218,7 +218,7 @@ def check_compatible(state: dict, config: Config, path: Path) -> None:
         )
 
 
-def restore(parts: Stage1Parts, state: dict) -> None:
+def restore(parts: TrainParts, state: dict) -> None:
     unwrap(parts.model).load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
     if parts.disc is not None:

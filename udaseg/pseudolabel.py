@@ -1,0 +1,188 @@
+"""Stage 3 (`udaseg pseudolabel`): target pseudo-labels from a stage-1 model.
+
+For every target training image: the softmax at the refinement resolution, its arg-max and
+confidence; pixels below `conf_threshold` become 255; with `--refine` the spatial prior then
+drops every connected region (same class, 8-connected) smaller than its class threshold
+thres_i = N_b0 + (N_i − N_min)/(N_max − N_min)·N_b1, N_i the source pixel frequency of
+class i from gmm.h5, rescaled by area from `thresholds_size` to `refine_size`.
+
+The GPU runs the network and the refinement; decoding happens in DataLoader workers and PNG
+encoding in a thread pool, so neither waits for the other. `stats.json` says what the
+refinement kept, and — when the target split has labels — how precise the labels were
+before and after it.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import Subset
+
+from udaseg.config import Config, to_toml
+from udaseg.data.build import make_loader, target_dataset
+from udaseg.data.palette import colorize
+from udaseg.data.pngio import atomic_write_bytes, encode_png
+from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.engine import DistEnv, load_checkpoint
+from udaseg.errors import DataError, UdasegError
+from udaseg.gmm import load_gmm
+from udaseg.layout import RunLayout
+from udaseg.model import build_model, normalize
+from udaseg.refine import class_thresholds, refine, rescale_thresholds
+from udaseg.stage1 import autocast, check_compatible
+
+
+def load_model(checkpoint: Path, config: Config, device: torch.device) -> torch.nn.Module:
+    """A trained SegDepthNet in eval mode from a udaseg checkpoint (weights only)."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    check_compatible(state, config, checkpoint)
+    model = build_model(config.model.backbone, state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def thresholds_for(config: Config, layout: RunLayout) -> torch.Tensor:
+    """The spatial prior's minimum region sizes at the refinement resolution."""
+    if not layout.gmm_file.is_file():
+        raise UdasegError(f"{layout.gmm_file}: not found; the spatial prior needs the source class frequencies — run `udaseg fit-gmm` first")
+    gmm = load_gmm(layout.gmm_file, protocol=config.experiment.protocol)
+    pl = config.pseudolabel
+    thresholds = class_thresholds(gmm.frequencies, pl.n_b0, pl.n_b1)
+    return rescale_thresholds(thresholds, pl.thresholds_size, pl.refine_size)
+
+
+def _target_with_optional_labels(config: Config, root, size) -> tuple[torch.utils.data.Dataset, bool]:
+    split = config.data.target_train_split
+    try:
+        return target_dataset(config, split, root, labels=True, size=config.data.target_size, label_size=size), True
+    except DataError:
+        return target_dataset(config, split, root, labels=False, size=config.data.target_size), False
+
+
+def predict(model, images: torch.Tensor, backbone: str, size_hw: tuple[int, int], amp: bool):
+    """(arg-max labels, confidence) at `size_hw` from uint8 images on the model's device."""
+    x = normalize(images, backbone)
+    with torch.no_grad(), autocast(images.device, amp):
+        logits = model(x, heads=("seg",)).seg
+    logits = F.interpolate(logits.float(), size=size_hw, mode="bilinear", align_corners=True)
+    confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+    return labels.to(torch.uint8), confidence
+
+
+def _write(path: Path, array, colour_path: Path | None, num_classes: int) -> None:
+    atomic_write_bytes(path, encode_png(array))
+    if colour_path is not None:
+        atomic_write_bytes(colour_path, encode_png(colorize(array, num_classes)))
+
+
+def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, runs=None, *, do_refine: bool = True,
+                    resume: bool = False, colour: bool = False, progress: bool = True, workers: int | None = None,
+                    writer_threads: int = 4) -> dict:
+    """Write `pseudo/labels/<id>.png` for the target training split; returns the stats dict."""
+    layout = RunLayout.for_config(config, runs)
+    pl = config.pseudolabel
+    protocol = get_protocol(config.experiment.protocol)
+    C = protocol.num_classes
+    width, height = pl.refine_size
+    model = load_model(checkpoint, config, env.device)
+    thresholds = thresholds_for(config, layout).to(env.device) if do_refine else None
+
+    dataset, labelled = _target_with_optional_labels(config, root, pl.refine_size)
+    labels_dir, colour_dir = layout.pseudo_labels_dir, layout.pseudo_dir / "color"
+    mine = [i for i in range(len(dataset)) if i % env.world_size == env.rank]
+    if resume:
+        mine = [i for i in mine if not (labels_dir / f"{dataset.samples[i].name}.png").is_file()]
+    elif labels_dir.is_dir() and any(labels_dir.glob("*.png")):
+        raise UdasegError(f"{labels_dir}: already holds pseudo-labels; pass --continue to finish them, or remove the folder to start over")
+    if env.is_main:
+        labels_dir.mkdir(parents=True, exist_ok=True)
+        (layout.pseudo_dir / "config.toml").write_text(to_toml(config))
+    workers = config.data.num_workers if workers is None else workers
+
+    # counters [C]: confident pixels, kept pixels, and (with GT) correct among them
+    counts = {k: torch.zeros(C, dtype=torch.float64, device=env.device)
+              for k in ("predicted", "confident", "kept", "confident_correct", "kept_correct", "labelled")}
+    pool = ThreadPoolExecutor(max_workers=writer_threads)
+    pending = []
+    bar = Progress(TextColumn("[bold]pseudolabel"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   disable=not (progress and env.is_main))
+    with bar:
+        task = bar.add_task("", total=len(mine))
+        if mine:
+            loader = make_loader(Subset(dataset, mine), pl.batch_size, workers)
+            for batch in loader:
+                images = batch["image"].to(env.device, non_blocking=True)
+                pred, conf = predict(model, images, config.model.backbone, (height, width), config.train.amp)
+                confident = torch.where(conf >= pl.conf_threshold, pred, torch.full_like(pred, IGNORE))
+                refined = (refine(pred, conf, thresholds, pl.conf_threshold, pl.connectivity)
+                           if do_refine else confident)
+                _accumulate(counts, pred, confident, refined, batch.get("label"), C)
+                for name, array in zip(batch["name"], refined.cpu().numpy()):
+                    colour_path = colour_dir / f"{name}.png" if colour else None
+                    pending.append(pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, C))
+                bar.advance(task, len(batch["name"]))
+        for job in pending:
+            job.result()  # surface write errors
+    pool.shutdown()
+    if env.distributed:
+        for tensor in counts.values():
+            dist.all_reduce(tensor)
+    stats = _stats(counts, protocol.classes, labelled, do_refine, config)
+    if env.is_main:
+        atomic_write_bytes(layout.pseudo_dir / "stats.json", json.dumps(stats, indent=2).encode())
+    return stats
+
+
+def _accumulate(counts: dict, pred, confident, refined, gt, C: int) -> None:
+    def per_class(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        valid = labels < C if mask is None else (labels < C) & mask
+        return torch.bincount(labels[valid].long(), minlength=C)[:C].double()
+
+    counts["predicted"] += per_class(pred)
+    counts["confident"] += per_class(confident)
+    counts["kept"] += per_class(refined)
+    if gt is not None:
+        gt = gt.to(pred.device)
+        counts["labelled"] += per_class(gt)
+        counts["confident_correct"] += per_class(confident, confident == gt)
+        counts["kept_correct"] += per_class(refined, refined == gt)
+
+
+def _stats(counts: dict, classes, labelled: bool, refined: bool, config: Config) -> dict:
+    c = {k: v.cpu() for k, v in counts.items()}
+
+    def ratio(a, b):
+        return [round(float(x) / float(y), 6) if y > 0 else None for x, y in zip(a, b)]
+
+    total = float(c["predicted"].sum())
+    stats = {
+        "refined": refined,
+        "conf_threshold": config.pseudolabel.conf_threshold,
+        "refine_size": list(config.pseudolabel.refine_size),
+        "pixels": total,
+        "kept_fraction": float(c["kept"].sum()) / total if total else 0.0,
+        "per_class": {},
+    }
+    kept = ratio(c["kept"], c["predicted"])
+    removed_by_confidence = ratio(c["predicted"] - c["confident"], c["predicted"])
+    removed_by_prior = ratio(c["confident"] - c["kept"], c["predicted"])
+    prec_before = ratio(c["confident_correct"], c["confident"])
+    prec_after = ratio(c["kept_correct"], c["kept"])
+    for i, name in enumerate(classes):
+        entry = {"predicted_pixels": float(c["predicted"][i]), "kept_fraction": kept[i],
+                 "removed_by_confidence": removed_by_confidence[i], "removed_by_spatial_prior": removed_by_prior[i]}
+        if labelled:
+            entry["precision_before"] = prec_before[i]
+            entry["precision_after"] = prec_after[i]
+        stats["per_class"][name] = entry
+    if labelled:
+        conf_all, kept_all = float(c["confident"].sum()), float(c["kept"].sum())
+        stats["precision_before"] = float(c["confident_correct"].sum()) / conf_all if conf_all else None
+        stats["precision_after"] = float(c["kept_correct"].sum()) / kept_all if kept_all else None
+    return stats
