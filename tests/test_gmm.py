@@ -248,6 +248,31 @@ def test_fit_matches_sklearn_and_falls_back_with_warnings():
         np.testing.assert_allclose(g.variances[0], pooled.var(0), rtol=1e-5)
 
 
+def test_two_stage_fit_recovers_a_known_mixture(monkeypatch):
+    import udaseg.fitgmm as fg
+
+    monkeypatch.setattr(fg, "INIT_POINTS", 300)  # force the subsample-init + warm-started EM path
+    rng = np.random.default_rng(8)
+    means = np.array([[10, 80, 5], [80, 60, 40], [150, 30, 120]], dtype=np.float64)
+    sds = np.array([[5, 4, 2], [8, 6, 5], [6, 3, 10]], dtype=np.float64)
+    weights = np.array([0.5, 0.3, 0.2])
+    n = (3000 * weights).astype(int)
+    X = np.concatenate([rng.normal(m, s, size=(k, 3)) for m, s, k in zip(means, sds, n)]).astype(np.float32)
+    res = PassResult([X, X], np.array([len(X)] * 2), np.array([len(X)] * 2), 1, 0.0)
+    serial = fit_all(res, ["a", "b"], (161, 96), 3, "diag", seed=0)
+    parallel = fit_all(res, ["a", "b"], (161, 96), 3, "diag", seed=0, workers=2)
+    np.testing.assert_array_equal(serial[0].means, parallel[1].means)  # same result in worker processes
+    g = serial[0]
+    order = np.argsort(g.means[:, 0])
+    np.testing.assert_allclose(g.means[order], means, atol=1.0)
+    np.testing.assert_allclose(np.sqrt(g.variances[order]), sds, rtol=0.1)
+    np.testing.assert_allclose(g.weights[order], weights, atol=0.02)
+    cold = GaussianMixture(3, covariance_type="diag", random_state=0).fit(X.astype(np.float64))
+    model = DepthGMM("p", ("a", "b"), serial, "diag", (161, 96), (1280, 760), np.ones(2))
+    ours = model.log_pdf(torch.tensor(X, dtype=torch.float64), torch.zeros(len(X), dtype=torch.long)).mean().item()
+    assert ours >= cold.score(X.astype(np.float64)) - 1e-3
+
+
 def test_select_k_picks_the_bic_minimum():
     rng = np.random.default_rng(7)
     X = np.concatenate([rng.normal(m, 1, size=(300, 3)) for m in ([0, 0, 0], [20, 0, 0], [0, 20, 40])]).astype(np.float32)

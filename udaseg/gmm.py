@@ -80,6 +80,7 @@ class ClassGMM:
     covariances: np.ndarray  # [K, 3, 3]
     n_points: int = 0
     fallback: str = "none"
+    converged: bool = True
 
     @property
     def n_components(self) -> int:
@@ -300,6 +301,7 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
                 grp.attrs["n_points"] = int(g.n_points)
                 grp.attrs["n_components"] = int(g.n_components)
                 grp.attrs["fallback"] = g.fallback
+                grp.attrs["converged"] = bool(g.converged)
                 grp.create_dataset("weights", data=np.asarray(g.weights, dtype=np.float64))
                 grp.create_dataset("means", data=np.asarray(g.means, dtype=np.float64))
                 grp.create_dataset("variances", data=g.variances)
@@ -386,7 +388,8 @@ def _read(f, path: Path) -> DepthGMM:
             raise UdasegError(f"{path}: {where} holds malformed parameters (K={k}, means {mu.shape}, covariances {cov.shape}); {_FIX}")
         if not np.isclose(w.sum(), 1.0, atol=1e-6) or np.any(w < 0):
             raise UdasegError(f"{path}: {where}/weights do not sum to 1; {_FIX}")
-        gmms.append(ClassGMM(w, mu, cov, int(grp.attrs.get("n_points", 0)), _str(grp.attrs.get("fallback", "none"))))
+        gmms.append(ClassGMM(w, mu, cov, int(grp.attrs.get("n_points", 0)), _str(grp.attrs.get("fallback", "none")),
+                             bool(grp.attrs.get("converged", True))))
     return DepthGMM(
         protocol=_str(a["protocol"]), class_names=names, gmms=gmms, covariance_type=cov_type,
         grid_size=tuple(int(v) for v in a["grid_size"]), input_size=tuple(int(v) for v in a["input_size"]),
