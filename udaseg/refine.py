@@ -145,9 +145,10 @@ def _connect(n: int, a: torch.Tensor, b: torch.Tensor, max_rounds: int | None = 
     bound = _max_rounds(n) if max_rounds is None else max_rounds
     jumps = math.ceil(math.log2(max(n, 2))) + 2
     for rounds in range(1, bound + 1):
-        a, b = f.index_select(0, a), f.index_select(0, b)  # f is a star forest: these are roots
-        keep = a != b
-        a, b = a[keep], b[keep]
+        if rounds > 1:  # in round 1 f is the identity and every edge joins two distinct runs
+            a, b = f.index_select(0, a), f.index_select(0, b)  # f is a star forest: roots
+            live = torch.nonzero(a != b).view(-1)
+            a, b = a.index_select(0, live), b.index_select(0, live)
         if a.numel() == 0:
             return f, rounds
         hi = torch.maximum(a, b)
@@ -162,11 +163,9 @@ def _connect(n: int, a: torch.Tensor, b: torch.Tensor, max_rounds: int | None = 
         for _ in range(jumps):
             par = f.index_select(0, idx)
             g = f.index_select(0, par)
-            moved = g != par
-            if not bool(moved.any()):
+            if torch.equal(g, par):
                 break
             f.index_copy_(0, idx, g)
-            idx = idx[moved]
         else:  # pragma: no cover - impossible by the depth argument above
             raise RuntimeError("refine: pointer jumping did not converge")
         f = f.index_select(0, f)
