@@ -136,7 +136,7 @@ class _Painter:
     def draw_buildings(self, setback: dict[int, float]) -> None:
         for side in (-1, 1):
             z = -30.0
-            while z < 320.0:
+            while z < 260.0:
                 width = self.rng.uniform(8.0, 30.0)
                 if self.in_cross(z, z + width, margin=1.0):
                     z = self.cross[1] + 1.0 + self.rng.uniform(0, 3)
@@ -148,12 +148,12 @@ class _Painter:
                 height = self.rng.uniform(6.0, 30.0) if self.rng.random() < 0.8 else self.rng.uniform(30.0, 60.0)
                 depth = self.rng.uniform(10.0, 20.0)
                 self.building(side, off, depth, z, z + width, height)
-                if self.rng.random() < 0.5:  # a taller row behind
+                if self.rng.random() < 0.35:  # a taller row behind
                     self.building(side, off + depth + self.rng.uniform(3, 20), 15.0, z, z + width,
                                   height + self.rng.uniform(5.0, 40.0))
                 z += width
         if self.rng.random() < 0.6:  # the street ends at a façade
-            zf = self.rng.uniform(90.0, 300.0)
+            zf = self.rng.uniform(90.0, 250.0)
             self.building(1, -80.0, 20.0, zf, zf + 20.0, self.rng.uniform(10.0, 40.0), across=True)
 
     def building(self, side: int, offset: float, depth: float, z0: float, z1: float, height: float,
@@ -334,12 +334,16 @@ class _Painter:
             seed = int(self.rng.integers(1 << 30))
 
             def parts(u: np.ndarray, h: np.ndarray, ru=ru, rh=rh, ch=ch, p1=p1, p2=p2, col=col, seed=seed):
-                a = np.arctan2(h - ch, u)
-                r = 1.0 + 0.12 * np.sin(3 * a + p1) + 0.08 * np.sin(7 * a + p2)
-                r = r + 0.5 * fractal_noise(u * 3.0, h * 3.0, seed)
-                m = (u / ru) ** 2 + ((h - ch) / rh) ** 2 <= r * r
-                shade = (1.0 + 1.5 * fractal_noise(u * 5.0, h * 5.0, seed + 1))[..., None]
-                return [(m, VEGETATION, inst, col * shade)]
+                e = (u / ru) ** 2 + ((h - ch) / rh) ** 2
+                cand = e <= 1.9  # noise only where the ragged outline can reach
+                uc, hc = u[cand], h[cand]
+                a = np.arctan2(hc - ch, uc)
+                r = 1.0 + 0.12 * np.sin(3 * a + p1) + 0.08 * np.sin(7 * a + p2) + 0.5 * fractal_noise(uc * 3.0, hc * 3.0, seed)
+                m = np.zeros(u.shape, bool)
+                m[cand] = e[cand] <= r * r
+                shade = np.ones(u.shape, np.float32)
+                shade[cand] = 1.0 + 1.5 * fractal_noise(uc * 5.0, hc * 5.0, seed + 1)
+                return [(m, VEGETATION, inst, col * shade[..., None])]
 
             self.cv.billboard(2, z, x, (-ru * 1.5, ru * 1.5, ch - rh * 1.5, ch + rh * 1.5), parts)
 

@@ -102,7 +102,7 @@ PRESETS: dict[str, Style] = {
     "cityscapes": Style(
         name="cityscapes", palette=_CITYSCAPES_PALETTE, colour_jitter=0.08, texture=0.30,
         ambient=0.70, diffuse=0.35, shadows=0.45, sky_top=(0.62, 0.70, 0.80), sky_horizon=(0.86, 0.88, 0.90),
-        clouds=0.25, haze=(0.70, 0.72, 0.75), haze_distance=220.0, noise=0.025, blur=0.7, saturation=0.75,
+        clouds=0.25, haze=(0.70, 0.72, 0.75), haze_distance=300.0, noise=0.025, blur=0.45, saturation=0.75,
         brightness=0.92, gamma=1.15, cast=(0.97, 1.0, 1.04), vignette=0.25),
 }
 
