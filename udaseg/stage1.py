@@ -120,6 +120,9 @@ class Stage1Step:
         self.source_iter, self.target_iter = source_iter, target_iter
         self.backbone = config.model.backbone
         self.heads = {"source_only": ("seg",), "m1": ("seg", "depth"), "m2": ("seg", "depth", "density")}[self.t.ablation]
+        # M1 aligns entropy alone: its target pass needs no depth, and under DDP a head whose output
+        # reaches no loss would leave the reducer waiting for its gradients
+        self.target_heads = ("seg",) if self.t.ablation == "m1" else self.heads
 
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
@@ -157,12 +160,14 @@ class Stage1Step:
             x_t = self._inputs(tgt)
             size_t = tuple(x_t.shape[-2:])
             with autocast(dev, t.amp):
-                out_t = p.model(x_t, heads=self.heads)
+                out_t = p.model(x_t, heads=self.target_heads)
             loss_t = 0.0
             if "density" in self.heads:
                 d_t = p.gmm.target_target(out_t.seg.detach().argmax(1), out_t.depth.detach()[:, 0])
                 losses["density_tgt"] = berhu(out_t.density[:, 0].float(), d_t.float())
                 loss_t = t.lambda_tar * losses["density_tgt"]
+                if self.env.distributed:  # the target depth only feeds D_t (detached); DDP needs a grad
+                    loss_t = loss_t + 0.0 * out_t.depth.float().sum()
                 dens_t, dens_s = out_t.density.float(), out_s.density.detach().float()
             else:  # M1: F̂ is the entropy map alone
                 dens_s = torch.ones_like(out_s.seg[:, :1], dtype=torch.float32)
