@@ -3,7 +3,9 @@ and a comparison of several runs (ablations, seeds) as mean ± std.
 
 Paper rows are the published numbers of the paper's Table 1 (SYNTHIA→Cityscapes 16) and
 Table 2 (SYNTHIA→Cityscapes 7 / SYNTHIA→Mapillary 7, at 320×640 and full resolution), as
-printed in the authors' slides; each row's class mean reproduces its printed mIoU.
+printed in the authors' slides, copied as printed. Each row's class mean reproduces its
+printed mIoU to rounding, except DADA at full resolution on Cityscapes 7, whose classes
+average 69.2 against a printed 70.4 (an inconsistency of the source, kept as published).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def evaluate(
     layout = RunLayout.for_config(cfg, runs_root)
     ckpt = checkpoint if checkpoint is not None else default_checkpoint(layout)
     final_self = layout.self_train_dir / "checkpoint_final.pt"
-    if name is None and out is None and final_self.is_file() and ckpt.resolve().parent == layout.train_dir.resolve():
+    if name is None and out is None and final_self.is_file() and ckpt.absolute().parent == layout.train_dir.absolute():
         name = "stage1"  # keep the self-trained model's eval/ untouched
     out_dir = out if out is not None else (layout.eval_dir / name if name else layout.eval_dir)
     console.print(f"evaluating {ckpt} -> {out_dir}", highlight=False)
