@@ -276,6 +276,8 @@ def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, r
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config))
     step = Stage1Step(config, parts, env, endless(src_loader), tgt_iter)
+    if resume:  # iter(loader) draws a base seed from the global RNG: restore it after, not before
+        set_rng_state(state["rng"])
 
     def lrs() -> dict[str, float]:
         values = {"lr": parts.optimizer.param_groups[0]["lr"]}
