@@ -1,0 +1,446 @@
+"""`udaseg train` (stage 1) on tiny data in the real formats: it learns, a continued run is
+bit-identical to an uninterrupted one, DDP works, a NaN stops cleanly, broken checkpoints are
+refused, the ablations write what they should, and the sampler replays its stream.
+
+Speed: one torch thread (2 shared cores; oversubscribed OpenMP is ~20× slower here) and the
+light backbone at width 16 (`build_model(light_width=16)`, patched in; the recipe does not
+expose the width). The DDP test goes through the real CLI at the default width.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import udaseg.stage1 as stage1
+from fakedata import write_cityscapes, write_synthia
+from udaseg.cli import app
+from udaseg.config import load_config
+from udaseg.data.pngio import write_png
+from udaseg.data.protocols import get_protocol
+from udaseg.engine import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, CheckpointError, DistEnv, NonFiniteLoss,
+                           ResumableSampler, load_checkpoint, read_log)
+from udaseg.errors import UdasegError
+from udaseg.fitgmm import run_fit_gmm
+from udaseg.layout import RunLayout
+from udaseg.model import build_model
+
+SIZE = (64, 40)
+NAME = "t"
+BASE = {
+    "experiment.name": NAME,
+    "data.source_root": "syn",
+    "data.target_root": "city",
+    "data.source_size": list(SIZE),
+    "data.target_size": list(SIZE),
+    "data.num_workers": 0,
+    "model.backbone": "light_resnet18",
+    "model.init_weights": "",
+    "gmm.points_per_class": 2000,
+    "train.iterations": 4,
+    "train.batch_size_source": 1,
+    "train.batch_size_target": 1,
+    "train.checkpoint_every": 100,
+    "train.log_every": 1,
+    "train.amp": False,
+}
+ALL_LOSSES = {"seg", "depth", "density_src", "density_tgt", "adv", "disc"}
+runner = CliRunner()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_and_single_threaded():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stage1, "build_model", functools.partial(build_model, light_width=16))
+        yield
+    torch.set_num_threads(threads)
+
+
+def write_block_synthia(root: Path, n: int, size=SIZE, seed: int = 0) -> None:
+    """SYNTHIA files whose labels are 16×16 blocks of one class, coloured by class (+ noise):
+    a source set a segmentation network can actually fit in a few dozen steps."""
+    write_synthia(root, n, size, seed=seed)  # depth and the folder layout
+    rng = np.random.default_rng(seed + 1)
+    ids = np.nonzero(get_protocol("synthia2cityscapes16").source_lut != 255)[0]  # the 16 used raw ids
+    palette = rng.integers(0, 256, (int(ids.max()) + 1, 3))
+    w, h = size
+    for i in range(n):
+        blocks = rng.choice(ids, (-(-h // 16), -(-w // 16)))
+        raw = np.kron(blocks, np.ones((16, 16), np.int64))[:h, :w]
+        image = np.clip(palette[raw] + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
+        write_png(root / "RGB" / f"{i:07d}.png", image)
+        write_png(root / "GT" / "LABELS" / f"{i:07d}.png",
+                  np.stack([raw, np.zeros_like(raw), np.zeros_like(raw)], -1).astype(np.uint16))
+
+
+def config(**overrides):
+    return load_config(None, {**BASE, **{k.replace("__", "."): v for k, v in overrides.items()}})
+
+
+def cli_args(**overrides) -> list[str]:
+    values = {**BASE, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    return [arg for k, v in values.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_block_synthia(root / "syn", 4)
+    write_cityscapes(root / "city", "train", 4, (64, 32))
+    write_cityscapes(root / "city", "val", 2, (64, 32))
+    return root
+
+
+@pytest.fixture(scope="module")
+def gmm_file(data, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("gmmruns")
+    run_fit_gmm(config(), data, runs, fit=True, plots=False, progress=False)
+    return RunLayout.for_config(config(), runs).gmm_file
+
+
+@pytest.fixture
+def runs(tmp_path, gmm_file) -> Path:
+    """A fresh runs root that already holds this recipe's gmm.h5."""
+    dst = RunLayout.for_config(config(), tmp_path / "runs").gmm_file
+    dst.parent.mkdir(parents=True)
+    shutil.copy(gmm_file, dst)
+    return tmp_path / "runs"
+
+
+def train(cfg, data: Path, runs: Path, resume: bool = False) -> Path:
+    return stage1.train_stage1(cfg, DistEnv(), data, runs, resume=resume, progress=False, workers=0)
+
+
+def train_dir(runs: Path) -> Path:
+    return runs / NAME / "train"
+
+
+@pytest.fixture(scope="module")
+def m2_run(data, gmm_file, tmp_path_factory) -> Path:
+    """The full stage 1, 4 iterations, checkpoints every 2; returns its runs root."""
+    runs = tmp_path_factory.mktemp("m2runs")
+    dst = RunLayout.for_config(config(), runs).gmm_file
+    dst.parent.mkdir(parents=True)
+    shutil.copy(gmm_file, dst)
+    train(config(train__checkpoint_every=2), data, runs)
+    return runs
+
+
+def all_finite(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return bool(torch.isfinite(obj.float()).all()) if obj.is_floating_point() else True
+    if isinstance(obj, dict):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(all_finite(v) for v in obj)
+    return True
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Recursive equality; tensors bit for bit (torch.equal, dtype included)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def losses_of(record: dict) -> set[str]:
+    return set(record) - {"iteration", "time", "images_per_s", "lr", "lr_disc"}
+
+
+# ----------------------------------------------------------------------------- 1. it learns
+
+
+def test_source_only_fits_a_small_source_set(data, tmp_path):
+    """30 steps at lr 1e-2 on 4 block images: the CE must fall well below its start. No gmm.h5:
+    source_only with unweighted CE does not need fit-gmm."""
+    runs = tmp_path / "runs"
+    cfg = config(train__ablation="source_only", train__class_weights="none", train__iterations=30,
+                 train__lr=1e-2, train__batch_size_source=2)
+    train(cfg, data, runs)
+    log = read_log(train_dir(runs) / LOG_FILE)
+    assert [r["iteration"] for r in log] == list(range(1, 31))
+    seg = np.array([r["seg"] for r in log])
+    first, last = seg[:5].mean(), seg[-5:].mean()
+    assert first > 2.0  # ~ln 16 = 2.77 from near-uniform heads
+    assert last < 0.6 * first, seg.round(3)
+    # poly schedule, by hand: the lr logged after step i (0-based) is 1e-2 · (1 − i/30)^0.9
+    for r in log:
+        assert r["lr"] == pytest.approx(1e-2 * (1 - (r["iteration"] - 1) / 30) ** 0.9, rel=1e-12)
+
+
+def test_m2_writes_every_loss_finite(m2_run):
+    out = train_dir(m2_run)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CHECKPOINT_FINAL, CHECKPOINT_LATEST, "config.toml", LOG_FILE, "progress.png"])
+    log = read_log(out / LOG_FILE)
+    assert [r["iteration"] for r in log] == [1, 2, 3, 4]
+    for r in log:
+        assert losses_of(r) == ALL_LOSSES
+        assert all(math.isfinite(r[k]) for k in ALL_LOSSES), r
+        assert r["lr_disc"] == pytest.approx(1e-3 * (1 - (r["iteration"] - 1) / 4) ** 0.9, rel=1e-12)
+    # a fresh discriminator cannot tell the domains apart: (BCE(·,0) + BCE(·,1)) / 2 ≈ ln 2
+    assert log[0]["disc"] == pytest.approx(math.log(2), abs=0.05)
+    final = load_checkpoint(out / CHECKPOINT_FINAL)
+    assert final["iteration"] == 4 and final["num_classes"] == 16 and final["stage"] == "stage1"
+    assert {"model", "optimizer", "disc", "optimizer_disc", "rng"} <= set(final)
+    assert all_finite(final)
+    # SGD momentum buffers exist for every trained parameter after 4 steps
+    assert all("momentum_buffer" in s for s in final["optimizer"]["state"].values())
+
+
+# ----------------------------------------------------------------------------- 2. exact resume
+
+
+def test_interrupted_and_continued_run_is_bit_identical(data, tmp_path, gmm_file, monkeypatch):
+    cfg = config(train__iterations=4)
+    straight = tmp_path / "a"
+    interrupted = tmp_path / "b"
+    for runs in (straight, interrupted):
+        dst = RunLayout.for_config(cfg, runs).gmm_file
+        dst.parent.mkdir(parents=True)
+        shutil.copy(gmm_file, dst)
+    train(cfg, data, straight)
+
+    # Ctrl-C during iteration 2: the loop finishes it, saves, then raises KeyboardInterrupt
+    real_step = stage1.Stage1Step.__call__
+
+    def step_then_ctrl_c(self, iteration):
+        out = real_step(self, iteration)
+        if iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(stage1.Stage1Step, "__call__", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="iteration 2"):
+        train(cfg, data, interrupted)
+    monkeypatch.setattr(stage1.Stage1Step, "__call__", real_step)
+    out = train_dir(interrupted)
+    assert load_checkpoint(out / CHECKPOINT_LATEST)["iteration"] == 2
+    assert not (out / CHECKPOINT_FINAL).exists()
+
+    train(cfg, data, interrupted, resume=True)
+    a = load_checkpoint(train_dir(straight) / CHECKPOINT_FINAL)
+    b = load_checkpoint(out / CHECKPOINT_FINAL)
+    assert a["iteration"] == b["iteration"] == 4
+    assert_identical(a, b)  # model, discriminator, both optimizers, rng, config
+    assert a["optimizer"]["state"] and a["optimizer_disc"]["state"]  # non-empty: the check has teeth
+    # the log of the continued run is the straight run's, line for line
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in log]
+    assert strip(read_log(out / LOG_FILE)) == strip(read_log(train_dir(straight) / LOG_FILE))
+
+
+# ----------------------------------------------------------------------------- 3. DDP
+
+
+def test_two_process_ddp_run(data, runs):
+    """torchrun, 2 CPU processes (gloo), the real CLI and default width: exit 0, one set of files."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "udaseg", "train", "--data-root", str(data), "--runs-root", str(runs),
+           *cli_args(train__iterations=2)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = train_dir(runs)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CHECKPOINT_FINAL, CHECKPOINT_LATEST, "config.toml", LOG_FILE, "progress.png"])  # no stray .tmp
+    log = read_log(out / LOG_FILE)
+    assert [r["iteration"] for r in log] == [1, 2]  # rank 1 wrote no lines
+    assert all(losses_of(r) == ALL_LOSSES and all(math.isfinite(r[k]) for k in ALL_LOSSES) for r in log)
+    final = load_checkpoint(out / CHECKPOINT_FINAL)
+    assert final["iteration"] == 2 and all_finite(final["model"]) and "disc" in final
+    assert not any(k.startswith("module.") for k in final["model"])  # saved unwrapped
+    assert final["model"]["backbone.conv1.weight"].shape[0] == 64  # the CLI's default width
+
+
+# ----------------------------------------------------------------------------- 4. NaN
+
+
+def nan_on_depth_of_iteration(monkeypatch, iteration: int) -> None:
+    """m2 calls berhu three times per step (depth, density_src, density_tgt): poison one depth."""
+    real, calls = stage1.berhu, [0]
+
+    def berhu(*args, **kwargs):
+        calls[0] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls[0] == 3 * (iteration - 1) + 1 else value
+
+    monkeypatch.setattr(stage1, "berhu", berhu)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, runs, monkeypatch):
+    nan_on_depth_of_iteration(monkeypatch, 3)
+    with pytest.raises(NonFiniteLoss, match=r"loss depth became nan at iteration 3.*\(iteration 2\)") as err:
+        train(config(train__checkpoint_every=2), data, runs)
+    assert isinstance(err.value, UdasegError)
+    out = train_dir(runs)
+    latest = load_checkpoint(out / CHECKPOINT_LATEST)
+    assert latest["iteration"] == 2 and all_finite(latest)  # the NaN step's weights were not saved
+    assert not (out / CHECKPOINT_FINAL).exists()
+    assert [r["iteration"] for r in read_log(out / LOG_FILE)] == [1, 2]
+
+
+def test_nan_loss_through_the_cli(data, runs, monkeypatch):
+    nan_on_depth_of_iteration(monkeypatch, 3)
+    args = ["train", "--data-root", str(data), "--runs-root", str(runs), *cli_args(train__checkpoint_every=2)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "loss depth became nan at iteration 3" in lines[0] and "--continue" in lines[0]
+    assert "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- 5. corrupt checkpoints
+
+
+class NotATensor:
+    pass
+
+
+def test_corrupt_checkpoints_are_refused(m2_run, tmp_path):
+    good = (train_dir(m2_run) / CHECKPOINT_FINAL).read_bytes()
+    cases = {
+        "truncated.pt": good[: len(good) // 2],
+        "random.pt": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "empty.pt": b"",
+    }
+    for name, payload in cases.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(CheckpointError, match=rf"{name}: not a readable udaseg checkpoint"):
+            load_checkpoint(tmp_path / name)
+    # a pickled object is refused by weights_only=True, not executed
+    torch.save({"model": {}, "iteration": 1, "x": NotATensor()}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="pickled.pt: not a readable"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a udaseg checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert issubclass(CheckpointError, UdasegError)
+
+
+def test_continue_from_a_truncated_checkpoint_through_the_cli(m2_run, data, runs):
+    good = (train_dir(m2_run) / CHECKPOINT_LATEST).read_bytes()
+    target = train_dir(runs) / CHECKPOINT_LATEST
+    target.parent.mkdir(parents=True)
+    target.write_bytes(good[:1000])
+    result = runner.invoke(app, ["train", "--continue", "--data-root", str(data), "--runs-root", str(runs),
+                                 *cli_args()])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(target) in lines[0] and "not a readable udaseg checkpoint" in lines[0]
+
+
+def test_checkpoint_of_another_class_count_or_backbone_is_refused(m2_run):
+    path = train_dir(m2_run) / CHECKPOINT_FINAL
+    state = load_checkpoint(path)
+    stage1.check_compatible(state, config(), path)  # its own recipe: fine
+    with pytest.raises(UdasegError, match=r"checkpoint has 16 classes .* wants 7 \(synthia2cityscapes7\)"):
+        stage1.check_compatible(state, config(experiment__protocol="synthia2cityscapes7"), path)
+    with pytest.raises(UdasegError, match="deeplabv2_resnet101"):
+        stage1.check_compatible(state, config(model__backbone="deeplabv2_resnet101"), path)
+
+
+# ----------------------------------------------------------------------------- 6. wrong starts
+
+
+def test_continue_without_a_checkpoint(data, runs):
+    result = runner.invoke(app, ["train", "--continue", "--data-root", str(data), "--runs-root", str(runs),
+                                 *cli_args()])
+    assert result.exit_code == 1
+    assert "checkpoint_latest.pt: nothing to continue; run without --continue" in result.stderr
+    assert not train_dir(runs).exists()
+
+
+def test_fresh_run_into_a_folder_with_checkpoints(m2_run, data):
+    out = train_dir(m2_run)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(UdasegError, match="already holds checkpoints; pass --continue"):
+        train(config(), data, m2_run)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
+
+
+# ----------------------------------------------------------------------------- 7. ablations
+
+
+def test_m1_has_no_density_losses(data, runs):
+    train(config(train__ablation="m1", train__iterations=2), data, runs)
+    log = read_log(train_dir(runs) / LOG_FILE)
+    assert [losses_of(r) for r in log] == [{"seg", "depth", "adv", "disc"}] * 2
+    assert all(math.isfinite(r[k]) for r in log for k in losses_of(r))
+    assert "disc" in load_checkpoint(train_dir(runs) / CHECKPOINT_FINAL)
+
+
+def test_source_only_has_no_discriminator(data, runs):
+    cfg = config(train__ablation="source_only", train__iterations=2)
+    parts = stage1.build_parts(cfg, DistEnv(), data, RunLayout.for_config(cfg, runs))
+    assert parts.disc is None and parts.optimizer_disc is None
+    train(cfg, data, runs)
+    log = read_log(train_dir(runs) / LOG_FILE)
+    assert [set(r) - {"iteration", "time", "images_per_s"} for r in log] == [{"seg", "lr"}] * 2
+    state = load_checkpoint(train_dir(runs) / CHECKPOINT_FINAL)
+    assert "disc" not in state and "optimizer_disc" not in state
+    # and it cannot be continued as m2 (no discriminator to restore)
+    with pytest.raises(UdasegError, match="no discriminator"):
+        train(config(train__iterations=4), data, runs, resume=True)
+
+
+# ----------------------------------------------------------------------------- 8. the sampler
+
+
+def take(sampler, n: int) -> list[int]:
+    it = iter(sampler)
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_resumable_sampler(n):
+    stream = take(ResumableSampler(n, seed=3), 5 * n)
+    assert stream == take(ResumableSampler(n, seed=3), 5 * n)  # reproducible
+    assert stream != take(ResumableSampler(n, seed=4), 5 * n)
+    for e in range(5):  # each epoch is a permutation, and epochs differ
+        assert sorted(stream[e * n:(e + 1) * n]) == list(range(n))
+    assert stream[:n] != stream[n:2 * n]
+    for k in (1, n - 1, n, 2 * n + 3):  # start = k is the stream shifted by k, across epochs too
+        assert take(ResumableSampler(n, seed=3, start=k), 2 * n) == stream[k:k + 2 * n]
+    # two ranks partition every epoch; rank r's epoch e is its share of the same permutation
+    for world in (2, 3):
+        shares = [ResumableSampler(n, seed=3, rank=r, world_size=world) for r in range(world)]
+        streams = [take(s, 4 * s.per_epoch + 6) for s in shares]
+        for e in range(4):
+            parts = [st[e * s.per_epoch:(e + 1) * s.per_epoch] for st, s in zip(streams, shares)]
+            assert sorted(sum(parts, [])) == list(range(n))
+            assert sorted(parts[0]) == sorted(stream[e * n:(e + 1) * n][0::world])
+        # a rank resumed at k continues its own stream
+        assert take(ResumableSampler(n, seed=3, start=5, rank=1, world_size=world), 6) == streams[1][5:11]
+    unshuffled = ResumableSampler(n, seed=3, shuffle=False, rank=1, world_size=2)
+    assert take(unshuffled, n) == (list(range(1, n, 2)) * n)[:n]
+    with pytest.raises(ValueError):
+        ResumableSampler(0, seed=0)
