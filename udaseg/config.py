@@ -51,6 +51,8 @@ class ModelConfig:
     backbone: Literal["deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18"] = "deeplabv2_resnet101"
     init_weights: str = ""  # a local file; nothing is downloaded
     output_stride: int = 8
+    light_width: int = 64  # base width of light_resnet18 (64 = ResNet-18)
+    head_channels: int = 512  # hidden width of the depth and density heads (the paper's 512)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from udaseg.engine import DistEnv, load_checkpoint
 from udaseg.errors import DataError, UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout
-from udaseg.model import build_model, normalize
+from udaseg.model import model_from_config, normalize
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 from udaseg.stage1 import autocast, check_compatible
 
@@ -42,7 +42,7 @@ def load_model(checkpoint: Path, config: Config, device: torch.device) -> torch.
     """A trained SegDepthNet in eval mode from a udaseg checkpoint (weights only)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     check_compatible(state, config, checkpoint)
-    model = build_model(config.model.backbone, state["num_classes"])
+    model = model_from_config(config.model, state["num_classes"])
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 

@@ -30,7 +30,7 @@ from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
 from udaseg.layout import RunLayout
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
-from udaseg.model import Discriminator, build_model, normalize
+from udaseg.model import Discriminator, model_from_config, normalize
 
 CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
 
@@ -89,7 +89,7 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
     num_classes = get_protocol(config.experiment.protocol).num_classes
     needs_gmm = t.ablation == "m2" or t.class_weights == "frequency"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
-    model = build_model(config.model.backbone, num_classes, init_weights_path(config, root)).to(env.device)
+    model = model_from_config(config.model, num_classes, init_weights_path(config, root)).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(unwrap(model).param_groups(t.lr), lr=t.lr, momentum=t.momentum,
@@ -201,6 +201,7 @@ def checkpoint_state(config: Config, parts: TrainParts, iteration: int, stage: s
         "protocol": config.experiment.protocol,
         "num_classes": get_protocol(config.experiment.protocol).num_classes,
         "backbone": config.model.backbone,
+        "widths": [config.model.light_width, config.model.head_channels],
         "model": unwrap(parts.model).state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "rng": rng_state(),
@@ -220,6 +221,12 @@ def check_compatible(state: dict, config: Config, path: Path) -> None:
             f"{path}: checkpoint has {state.get('num_classes')} classes / backbone {state.get('backbone')!r}, "
             f"the recipe wants {num_classes} ({config.experiment.protocol}) / {config.model.backbone!r}; "
             "use the recipe it was trained with"
+        )
+    widths = [config.model.light_width, config.model.head_channels]
+    if list(state.get("widths", widths)) != widths:
+        raise UdasegError(
+            f"{path}: checkpoint was trained with model.light_width, model.head_channels = {list(state['widths'])}, "
+            f"the recipe says {widths}; use the recipe it was trained with"
         )
 
 

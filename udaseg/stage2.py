@@ -20,7 +20,7 @@ from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, ResumableSample
 from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.losses import berhu, weighted_cross_entropy
-from udaseg.model import build_model, normalize
+from udaseg.model import model_from_config, normalize
 from udaseg.stage1 import TrainParts, autocast, check_compatible, checkpoint_state, load_gmm_for, restore, upsample
 
 
@@ -63,7 +63,7 @@ def self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = None
     out, st, t = layout.self_train_dir, config.self_train, config.train
     torch.manual_seed(config.experiment.seed)
     num_classes = get_protocol(config.experiment.protocol).num_classes
-    model = build_model(config.model.backbone, num_classes).to(env.device)
+    model = model_from_config(config.model, num_classes).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.param_groups(t.lr), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)

@@ -1,6 +1,6 @@
 """Networks: backbones, the three heads, the discriminator, and their preprocessing."""
 
-from udaseg.model.deeplab import SegDepthNet, SegDepthOutput, build_model
+from udaseg.model.deeplab import SegDepthNet, SegDepthOutput, build_model, model_from_config
 from udaseg.model.discriminator import Discriminator
 from udaseg.model.preprocess import InputNormalization, input_normalization, normalize
 from udaseg.model.resnet import load_deeplab_imagenet, load_torchvision_resnet101
@@ -11,6 +11,7 @@ __all__ = [
     "SegDepthNet",
     "SegDepthOutput",
     "build_model",
+    "model_from_config",
     "input_normalization",
     "load_deeplab_imagenet",
     "load_torchvision_resnet101",

@@ -38,15 +38,15 @@ class SegDepthOutput:
 
 
 class SegDepthNet(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "") -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "", head_channels: int = 512) -> None:
         super().__init__()
         self.backbone_name = backbone_name
         self.num_classes = num_classes
         self.backbone = backbone
         channels = int(backbone.out_channels)
         self.seg_head = ASPPClassifier(channels, num_classes)
-        self.depth_head = ScalarHead(channels)
-        self.density_head = ScalarHead(channels)  # always built so checkpoints share one layout
+        self.depth_head = ScalarHead(channels, hidden=head_channels)
+        self.density_head = ScalarHead(channels, hidden=head_channels)  # always built: one checkpoint layout
 
     def forward(self, x: torch.Tensor, heads: Sequence[str] = HEADS) -> SegDepthOutput:
         unknown = set(heads) - set(HEADS)
@@ -98,7 +98,15 @@ def build_backbone(backbone: str, init_weights: str | Path | None = None, *, lig
 
 
 def build_model(backbone: str, num_classes: int, init_weights: str | Path | None = None, *,
-                light_width: int = 64) -> SegDepthNet:
+                light_width: int = 64, head_channels: int = 512) -> SegDepthNet:
     """`SegDepthNet` for `model.backbone` ∈ {deeplabv2_resnet101, torchvision_resnet101,
-    light_resnet18}; `init_weights` is a local ImageNet backbone file ("" / None = random)."""
-    return SegDepthNet(build_backbone(backbone, init_weights, light_width=light_width), num_classes, backbone)
+    light_resnet18}; `init_weights` is a local ImageNet backbone file ("" / None = random).
+    `head_channels` is the hidden width of the depth and density heads (512 in the paper)."""
+    return SegDepthNet(build_backbone(backbone, init_weights, light_width=light_width), num_classes, backbone,
+                       head_channels=head_channels)
+
+
+def model_from_config(model_config, num_classes: int, init_weights: str | Path | None = None) -> SegDepthNet:
+    """The network a recipe's [model] section describes (`udaseg.config.ModelConfig`)."""
+    return build_model(model_config.backbone, num_classes, init_weights,
+                       light_width=model_config.light_width, head_channels=model_config.head_channels)
