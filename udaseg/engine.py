@@ -316,7 +316,8 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for k in keys:
         axes[0].plot(its, [r.get(k, float("nan")) for r in records], label=k)
-    axes[0].set_yscale("log")
+    if all(r.get(k, 1.0) > 0 for r in records for k in keys):
+        axes[0].set_yscale("log")
     axes[0].set_xlabel("iteration")
     axes[0].set_title("losses")
     axes[0].legend(fontsize=7)

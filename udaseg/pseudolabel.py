@@ -107,7 +107,8 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
 
     # counters [C]: confident pixels, kept pixels, and (with GT) correct among them
     counts = {k: torch.zeros(C, dtype=torch.float64, device=env.device)
-              for k in ("predicted", "confident", "kept", "confident_correct", "kept_correct", "labelled")}
+              for k in ("predicted", "confident", "kept", "labelled", "confident_labelled", "kept_labelled",
+                      "confident_correct", "kept_correct")}
     pool = ThreadPoolExecutor(max_workers=writer_threads)
     pending = []
     bar = Progress(TextColumn("[bold]pseudolabel"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -147,9 +148,12 @@ def _accumulate(counts: dict, pred, confident, refined, gt, C: int) -> None:
     counts["predicted"] += per_class(pred)
     counts["confident"] += per_class(confident)
     counts["kept"] += per_class(refined)
-    if gt is not None:
+    if gt is not None:  # precision over pixels that have a ground-truth class
         gt = gt.to(pred.device)
+        has_gt = gt < C
         counts["labelled"] += per_class(gt)
+        counts["confident_labelled"] += per_class(confident, has_gt)
+        counts["kept_labelled"] += per_class(refined, has_gt)
         counts["confident_correct"] += per_class(confident, confident == gt)
         counts["kept_correct"] += per_class(refined, refined == gt)
 
@@ -172,8 +176,8 @@ def _stats(counts: dict, classes, labelled: bool, refined: bool, config: Config)
     kept = ratio(c["kept"], c["predicted"])
     removed_by_confidence = ratio(c["predicted"] - c["confident"], c["predicted"])
     removed_by_prior = ratio(c["confident"] - c["kept"], c["predicted"])
-    prec_before = ratio(c["confident_correct"], c["confident"])
-    prec_after = ratio(c["kept_correct"], c["kept"])
+    prec_before = ratio(c["confident_correct"], c["confident_labelled"])
+    prec_after = ratio(c["kept_correct"], c["kept_labelled"])
     for i, name in enumerate(classes):
         entry = {"predicted_pixels": float(c["predicted"][i]), "kept_fraction": kept[i],
                  "removed_by_confidence": removed_by_confidence[i], "removed_by_spatial_prior": removed_by_prior[i]}
@@ -182,7 +186,7 @@ def _stats(counts: dict, classes, labelled: bool, refined: bool, config: Config)
             entry["precision_after"] = prec_after[i]
         stats["per_class"][name] = entry
     if labelled:
-        conf_all, kept_all = float(c["confident"].sum()), float(c["kept"].sum())
+        conf_all, kept_all = float(c["confident_labelled"].sum()), float(c["kept_labelled"].sum())
         stats["precision_before"] = float(c["confident_correct"].sum()) / conf_all if conf_all else None
         stats["precision_after"] = float(c["kept_correct"].sum()) / kept_all if kept_all else None
     return stats
