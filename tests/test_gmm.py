@@ -344,6 +344,22 @@ def test_gmm_file_errors(tmp_path):
         load_gmm(newer)
 
 
+def test_write_plots(tmp_path):
+    from PIL import Image
+
+    from udaseg.fitgmm import write_plots
+
+    model, _ = _random_model("diag", num_classes=2)
+    model.class_names = ("road", "traffic light")
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform([0, 0, 1], [7, 5, 200], size=(300, 3)).astype(np.float32), np.zeros((0, 3), np.float32)]
+    paths = write_plots(model, samples, tmp_path / "plots")
+    assert [p.name for p in paths] == ["00_road.png", "01_traffic_light.png"]
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] > 500 and len(np.unique(np.asarray(im.convert("L")))) > 10
+
+
 # ------------------------------------------------------------------ the command, end to end
 
 
@@ -377,19 +393,20 @@ def test_fit_gmm_command_end_to_end(tmp_path):
     _write_synthia(tmp_path / "data" / "src", n=6)
     args = ["fit-gmm", "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
             "--set", "experiment.name=t", "--set", "data.source_root=src", "--set", "data.source_size=[64, 40]",
-            "--set", "data.num_workers=0", "--points-per-class", "100", "--components", "2"]
+            "--set", "data.num_workers=0", "--set", "experiment.protocol=synthia2cityscapes7",
+            "--points-per-class", "100", "--components", "2", "--no-plots"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "next: udaseg train" in result.output and "building" in result.output
+    assert "next: udaseg train" in result.output and "construction" in result.output
     run = tmp_path / "runs" / "t" / "gmm"
-    model = load_gmm(run / "gmm.h5", protocol="synthia2cityscapes16", input_size=(64, 40))
+    model = load_gmm(run / "gmm.h5", protocol="synthia2cityscapes7", input_size=(64, 40))
     assert model.grid_size == (9, 6) and (run / "config.toml").is_file()
-    assert sorted(p.name for p in (run / "plots").iterdir())[:2] == ["00_road.png", "01_sidewalk.png"]
-    ds = SynthiaDataset(tmp_path / "data" / "src", get_protocol("synthia2cityscapes16"), size=(9, 6), load_image=False)
+    assert not (run / "plots").exists()
+    ds = SynthiaDataset(tmp_path / "data" / "src", get_protocol("synthia2cityscapes7"), size=(9, 6), load_image=False)
     labels = np.stack([ds[i]["label"].numpy() for i in range(len(ds))])
-    np.testing.assert_array_equal(model.pixel_counts, [(labels == c).sum() for c in range(16)])
-    assert model.gmms[2].n_points == min(100, (labels == 2).sum()) and model.gmms[2].fallback == "none"
-    assert model.gmms[3].fallback == "pooled"  # wall is absent
+    np.testing.assert_array_equal(model.pixel_counts, [(labels == c).sum() for c in range(7)])
+    assert model.gmms[1].n_points == min(100, (labels == 1).sum()) and model.gmms[1].fallback == "none"
+    assert model.gmms[3].fallback == "pooled"  # nature is absent
     road = labels == 0
     assert model.gmms[0].means[:, 1].min() >= road.nonzero()[1].min() - 1e-6  # road rows are the bottom ones
 

@@ -192,8 +192,11 @@ def fit_class(points: np.ndarray, components: int, covariance: str, seed: int, s
         if len(X) > 2 * INIT_POINTS:
             sub = X[rng.choice(len(X), INIT_POINTS, replace=False)]
             init = GaussianMixture(k, covariance_type=covariance, random_state=seed).fit(sub)
+            # all three *_init given: scikit-learn still runs its init_params step first and then
+            # discards it, so pick the cheapest one instead of a k-means over every point
             gm = GaussianMixture(k, covariance_type=covariance, random_state=seed, weights_init=init.weights_,
-                                 means_init=init.means_, precisions_init=init.precisions_).fit(X)
+                                 means_init=init.means_, precisions_init=init.precisions_,
+                                 init_params="random_from_data").fit(X)
         else:
             gm = GaussianMixture(k, covariance_type=covariance, random_state=seed).fit(X)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught) and bool(gm.converged_)

@@ -151,13 +151,16 @@ class DepthGMM:
         return all(np.count_nonzero(g.covariances * (1 - np.eye(3))) == 0 for g in self.gmms)
 
     def to(self, device: torch.device | str) -> "DepthGMM":
-        """Move evaluation to `device` (parameters are built there lazily and cached)."""
+        """Build (and cache) the parameters on `device`; evaluation follows the inputs' device."""
         self.device = torch.device(device)
+        self._params(self.device)
         return self
 
     # ------------------------------------------------------------------ parameters on device
 
     def _params(self, device: torch.device) -> _DeviceParams:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (device.type, device.index)
         if key not in self._cache:
             self._cache[key] = self._build_params(device)
@@ -191,7 +194,7 @@ class DepthGMM:
     def log_pdf(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """log p_c(X) for features [..., 3] and classes [...] (long), in float64."""
         params = self._params(features.device)
-        cls = classes.long().clamp(0, self.num_classes - 1)
+        cls = classes.to(features.device).long().clamp(0, self.num_classes - 1)
         x = features.detach().to(torch.float64).unsqueeze(-2)  # [..., 1, 3]
         diff = x - params.means[cls]  # [..., K, 3]
         prec = params.prec_chol[cls]
