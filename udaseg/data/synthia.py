@@ -63,4 +63,4 @@ class SynthiaDataset(SegmentationDataset):
         raw = read_channel(files.depth, 0)
         if raw.dtype != torch.uint16:
             raise DataError(f"{files.depth}: depth must be a 16-bit PNG in centimetres, found {raw.dtype}")
-        return centimetres_to_invdepth(raw.to(torch.int32))
+        return centimetres_to_invdepth(raw)
