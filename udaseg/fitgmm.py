@@ -121,7 +121,6 @@ def collect(
     num_classes: int,
     capacity: int,
     seed: int,
-    total: int | None = None,
     on_item: Callable[[], None] | None = None,
 ) -> PassResult:
     """Stream `items` (dicts with grid-sized "label" and "depth") into per-class reservoirs."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -399,10 +398,3 @@ def _read(f, path: Path) -> DepthGMM:
         pixel_counts=counts, squash_scale=float(a["squash_scale"]), squash_max=float(a["squash_max"]),
         num_images=int(a.get("num_images", 0)), seed=int(a.get("seed", 0)), config_toml=_str(f["config"][()]),
     )
-
-
-def warn_absent(names: Sequence[str], absent: Sequence[int]) -> None:
-    if absent:
-        warnings.warn(
-            "classes absent from the source labels: " + ", ".join(names[i] for i in absent)
-            + " (their CE weight is set to the rarest present class's)", stacklevel=2)

@@ -29,6 +29,7 @@ def fit_gmm(
     """Fit the per-class depth GMMs over (column, row, inverse depth) on the source set and write gmm.h5."""
     import warnings
 
+    from udaseg.data.protocols import get_protocol
     from udaseg.fitgmm import run_fit_gmm
 
     overrides = list(set_ or [])
@@ -41,12 +42,13 @@ def fit_gmm(
     cfg = resolve_config(config, overrides)
     if cfg.gmm.points_per_class < 1 or cfg.gmm.components < 1:
         raise UdasegError("gmm.points_per_class and gmm.components must be at least 1")
+    try:
+        get_protocol(cfg.experiment.protocol)
+    except ValueError as err:
+        raise UdasegError(f"experiment.protocol: {err}") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots)
-        except ValueError as err:  # an unknown protocol name
-            raise UdasegError(f"experiment.protocol: {err}") from None
+        report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots)
     for w in caught:
         if not issubclass(w.category, (DeprecationWarning, ResourceWarning)):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
