@@ -174,10 +174,11 @@ def run(args, amp: bool, device: torch.device) -> dict:
         runs = Path(tmp)
         write_gmm(runs / "bench" / "gmm" / "gmm.h5", synthetic_gmm("synthia2cityscapes16", size))
         built = {v: build(v, args, size, device, amp, runs) for v in args.variants}
-        peak = {}
+        peak, resident = {}, {}
         for v, (step, _, _) in built.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                resident[v] = torch.cuda.memory_allocated(device) / 2**30
             time_steps(step, args.warmup, device, 0)
             if device.type == "cuda":
                 peak[v] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -191,7 +192,7 @@ def run(args, amp: bool, device: torch.device) -> dict:
                 if timer is not None:
                     density_in_step.append(timer.seconds / args.iters)
         result = {"amp": amp and device.type == "cuda", "step_s": {v: statistics.median(s) for v, s in rounds.items()},
-                  "step_s_all": rounds, "peak_gib": peak}
+                  "step_s_all": rounds, "peak_gib": peak, "resident_gib": resident}
         n_img = args.batch[0] + args.batch[1]
         imgs = {"seg_src": args.batch[0]}
         result["images_per_s"] = {v: imgs.get(v, n_img) / s for v, s in result["step_s"].items()}
@@ -253,11 +254,13 @@ def report(args, device, results: list[dict]) -> None:
     for res in results:
         tag = "bf16 autocast" if res["amp"] else "fp32"
         print(f"\n## {tag}")
-        print(f"{'variant':10} {'s/step':>9} {'img/s':>8} {'rounds (s/step)':>28}" + ("  peak GiB" if res["peak_gib"] else ""))
+        # every variant's model stays resident: a clean peak for one recipe needs --variants m2 alone
+        print(f"{'variant':10} {'s/step':>9} {'img/s':>8} {'rounds (s/step)':>28}"
+              + ("  peak GiB  (resident before)" if res["peak_gib"] else ""))
         for v, s in res["step_s"].items():
             line = f"{v:10} {s:9.4f} {res['images_per_s'][v]:8.2f} {' '.join(f'{x:.3f}' for x in res['step_s_all'][v]):>28}"
             if res["peak_gib"]:
-                line += f"  {res['peak_gib'][v]:8.2f}"
+                line += f"  {res['peak_gib'][v]:8.2f}  ({res['resident_gib'][v]:.2f})"
             print(line)
         for ref in ("seg_src", "seg_both"):
             if f"m2_over_{ref}" in res:
