@@ -2,14 +2,12 @@
 bit-identical to an uninterrupted one, DDP works, a NaN stops cleanly, broken checkpoints are
 refused, the ablations write what they should, and the sampler replays its stream.
 
-Speed: one torch thread (2 shared cores; oversubscribed OpenMP is ~20× slower here) and the
-light backbone at width 16 (`build_model(light_width=16)`, patched in; the recipe does not
-expose the width). The DDP test goes through the real CLI at the default width.
+Speed: one torch thread (2 shared cores; oversubscribed OpenMP is ~20× slower here), the light
+backbone at width 16 and 64-channel depth / density heads (model.light_width, model.head_channels).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -35,7 +33,6 @@ from udaseg.engine import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, Checkp
 from udaseg.errors import UdasegError
 from udaseg.fitgmm import run_fit_gmm
 from udaseg.layout import RunLayout
-from udaseg.model import build_model
 
 SIZE = (64, 40)
 NAME = "t"
@@ -48,6 +45,8 @@ BASE = {
     "data.num_workers": 0,
     "model.backbone": "light_resnet18",
     "model.init_weights": "",
+    "model.light_width": 16,
+    "model.head_channels": 64,
     "gmm.points_per_class": 2000,
     "train.iterations": 4,
     "train.batch_size_source": 1,
@@ -64,12 +63,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def small_and_single_threaded():
+def single_threaded():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stage1, "build_model", functools.partial(build_model, light_width=16))
-        yield
+    yield
     torch.set_num_threads(threads)
 
 
@@ -259,7 +256,7 @@ def test_interrupted_and_continued_run_is_bit_identical(data, tmp_path, gmm_file
 
 
 def test_two_process_ddp_run(data, runs):
-    """torchrun, 2 CPU processes (gloo), the real CLI and default width: exit 0, one set of files."""
+    """torchrun, 2 CPU processes (gloo), the real CLI: exit 0, one set of files."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "udaseg", "train", "--data-root", str(data), "--runs-root", str(runs),
@@ -275,7 +272,7 @@ def test_two_process_ddp_run(data, runs):
     final = load_checkpoint(out / CHECKPOINT_FINAL)
     assert final["iteration"] == 2 and all_finite(final["model"]) and "disc" in final
     assert not any(k.startswith("module.") for k in final["model"])  # saved unwrapped
-    assert final["model"]["backbone.conv1.weight"].shape[0] == 64  # the CLI's default width
+    assert final["model"]["backbone.conv1.weight"].shape[0] == 16  # the recipe's model.light_width
 
 
 # ----------------------------------------------------------------------------- 4. NaN
