@@ -70,8 +70,9 @@ class GMMConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # paper Table 3: m1 = seg + depth (F̂ = entropy), m2 = + density (the full stage 1);
-    # source_only = weighted CE on the source alone. M3 / M4 are pseudolabel without / with refine.
-    ablation: Literal["source_only", "m1", "m2"] = "m2"
+    # source_only = weighted CE on the source alone; oracle = CE on the target's own labels
+    # (an upper bound where the target is labelled). M3 / M4 are pseudolabel without / with refine.
+    ablation: Literal["source_only", "m1", "m2", "oracle"] = "m2"
     iterations: int = 54_000
     batch_size_source: int = 1
     batch_size_target: int = 1
@@ -80,6 +81,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     power: float = 0.9
     lr_disc: float = 1e-3
+    disc_width: int = 64  # channels of the discriminator's first conv (DC-GAN's 64)
     disc_betas: tuple[float, float] = (0.9, 0.99)
     lambda_seg: float = 1.0
     lambda_dep: float = 0.005

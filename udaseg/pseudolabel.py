@@ -29,7 +29,7 @@ from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
 from udaseg.data.pngio import atomic_write_bytes, encode_png
 from udaseg.data.protocols import IGNORE, get_protocol
-from udaseg.engine import DistEnv, load_checkpoint
+from udaseg.engine import DistEnv, configure_cpu_threads, load_checkpoint
 from udaseg.errors import DataError, UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout
@@ -104,6 +104,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
         labels_dir.mkdir(parents=True, exist_ok=True)
         (layout.pseudo_dir / "config.toml").write_text(to_toml(config))
     workers = config.data.num_workers if workers is None else workers
+    configure_cpu_threads(env, workers)
 
     # counters [C]: confident pixels, kept pixels, and (with GT) correct among them
     counts = {k: torch.zeros(C, dtype=torch.float64, device=env.device)

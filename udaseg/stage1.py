@@ -24,7 +24,7 @@ from torch import nn
 from udaseg.config import Config, data_root, resolve_under, to_toml
 from udaseg.data.build import make_loader, source_dataset, target_dataset
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, ResumableSampler, load_checkpoint, plot_progress,
+from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, configure_cpu_threads, ResumableSampler, load_checkpoint, plot_progress,
                            poly_lr, rng_state, run_loop, set_lr, set_rng_state, unwrap)
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
@@ -95,8 +95,8 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
     optimizer = torch.optim.SGD(unwrap(model).param_groups(t.lr), lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay)
     disc = optimizer_disc = None
-    if t.ablation != "source_only":
-        disc = Discriminator(num_classes).to(env.device)
+    if t.ablation in ("m1", "m2"):
+        disc = Discriminator(num_classes, ndf=t.disc_width).to(env.device)
         optimizer_disc = torch.optim.Adam(disc.parameters(), lr=t.lr_disc, betas=t.disc_betas)
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
@@ -119,7 +119,8 @@ class Stage1Step:
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
         self.source_iter, self.target_iter = source_iter, target_iter
         self.backbone = config.model.backbone
-        self.heads = {"source_only": ("seg",), "m1": ("seg", "depth"), "m2": ("seg", "depth", "density")}[self.t.ablation]
+        self.heads = {"source_only": ("seg",), "oracle": ("seg",), "m1": ("seg", "depth"),
+                      "m2": ("seg", "depth", "density")}[self.t.ablation]
         # M1 aligns entropy alone: its target pass needs no depth, and under DDP a head whose output
         # reaches no loss would leave the reducer waiting for its gradients
         self.target_heads = ("seg",) if self.t.ablation == "m1" else self.heads
@@ -268,12 +269,16 @@ def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, r
         raise UdasegError(f"{out}: already holds checkpoints; pass --continue to resume, or remove the folder to start over")
 
     workers = config.data.num_workers if workers is None else workers
+    configure_cpu_threads(env, workers)
     seed = config.experiment.seed
-    src = source_dataset(config, root)
+    if t.ablation == "oracle":  # the labelled target split takes the source's place
+        src = target_dataset(config, config.data.target_train_split, root, labels=True)
+    else:
+        src = source_dataset(config, root)
     src_loader = make_loader(src, t.batch_size_source, workers, drop_last=True,
                              sampler=ResumableSampler(len(src), seed, start * t.batch_size_source, env.rank, env.world_size))
     tgt_iter = None
-    if t.ablation != "source_only":
+    if parts.disc is not None:
         tgt = target_dataset(config, config.data.target_train_split, root)
         tgt_loader = make_loader(tgt, t.batch_size_target, workers, drop_last=True,
                                  sampler=ResumableSampler(len(tgt), seed + 1, start * t.batch_size_target, env.rank, env.world_size))

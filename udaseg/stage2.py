@@ -15,8 +15,8 @@ from udaseg.config import Config, to_toml
 from udaseg.data.build import make_loader, source_dataset, target_dataset
 from udaseg.data.pseudo import PseudoLabelDataset
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, ResumableSampler, load_checkpoint, plot_progress,
-                           poly_lr, run_loop, set_lr, unwrap)
+from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, configure_cpu_threads, ResumableSampler, load_checkpoint, plot_progress,
+                           poly_lr, run_loop, set_lr, set_rng_state, unwrap)
 from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.losses import berhu, weighted_cross_entropy
@@ -94,6 +94,7 @@ def self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = None
         unwrap(model).load_state_dict(state["model"])
 
     workers = config.data.num_workers if workers is None else workers
+    configure_cpu_threads(env, workers)
     seed = config.experiment.seed
     target = target_dataset(config, config.data.target_train_split, root)
     pseudo = PseudoLabelDataset(target, layout.pseudo_labels_dir)
@@ -104,6 +105,8 @@ def self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = None
         src = source_dataset(config, root)
         source_iter = iter(make_loader(src, t.batch_size_source, workers, drop_last=True,
                                        sampler=ResumableSampler(len(src), seed + 3, start * t.batch_size_source, env.rank, env.world_size)))
+    if resume:  # iter(loader) draws a base seed from the global RNG: restore it after, not before
+        set_rng_state(state["rng"])
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config))
