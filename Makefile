@@ -1,5 +1,6 @@
-# udaseg — every target runs through the local virtual environment in .venv,
-# which the first target that needs it creates (torch + torchvision, ~5 GB, a few minutes).
+# udaseg: every target runs through the local virtual environment in .venv, which the first
+# target that needs it creates (torch + torchvision, ~5 GB, a few minutes). Every pipeline
+# stage is a file target, so `make` reruns only what is missing or older than its inputs.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,15 +8,20 @@ PY     := $(VENV)/bin/python
 UDASEG := $(VENV)/bin/udaseg
 STAMP  := $(VENV)/.installed
 
-# Where data and runs go (override: make demo DATA=/big/disk/data RUNS=/big/disk/runs)
-DATA ?= data
-RUNS ?= runs
-export UDASEG_RUNS := $(RUNS)
+# DATA: the built-in benchmark; RUNS: every run's artifacts, $(RUNS)/<experiment name>/;
+# DATASETS: the real datasets (make syn2city16 DATASETS=/data); INIT: ImageNet init weights
+# (default: the recipe's model.init_weights under DATASETS)
+DATA     ?= data
+RUNS     ?= runs
+DATASETS ?= $(UDASEG_DATA)
+INIT     ?=
 
-.PHONY: help install test demo demo-data check-demo clean-demo
+.PHONY: help install test demo demo-data check-demo clean-demo ablation require-datasets \
+        syn2city16 syn2city16-low syn2city7 syn2city7-low syn2map7 syn2map7-low
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  variables: DATA=$(DATA) RUNS=$(RUNS) DATASETS=$(DATASETS) INIT=$(INIT)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,41 +34,65 @@ install: $(STAMP)  ## create .venv and install udaseg with its dependencies
 test: $(STAMP)  ## run the test suite (CPU, tiny images; a few minutes)
 	$(PY) -m pytest tests
 
-# ---- the built-in synthetic benchmark: every stage is a file target, so `make demo`
-# ---- reruns only what is missing or older than its inputs
-DEMO_DATA := $(DATA)/demo
-DEMO_RUN  := $(RUNS)/demo
-DEMO      := --config stages/demo.toml --data-root $(DATA) --runs-root $(RUNS)
+# ---- one pipeline: fit-gmm -> train -> pseudolabel --refine -> self-train -> eval ----------
+# $(1) target name, $(2) recipe (stages/$(2).toml), $(3) run name, $(4) extra options, $(5) data prerequisite
+define PIPELINE
+$(RUNS)/$(3)/gmm/gmm.h5: stages/$(2).toml $(5) | $(STAMP)
+	$(UDASEG) fit-gmm --config stages/$(2).toml $(4)
 
-$(DEMO_DATA)/synth.json: | $(STAMP)
-	$(UDASEG) synth $(DEMO_DATA) --overwrite
+$(RUNS)/$(3)/train/checkpoint_final.pt: $(RUNS)/$(3)/gmm/gmm.h5
+	rm -rf $(RUNS)/$(3)/train
+	$(UDASEG) train --config stages/$(2).toml $(4)
 
-$(DEMO_RUN)/gmm/gmm.h5: $(DEMO_DATA)/synth.json stages/demo.toml
-	$(UDASEG) fit-gmm $(DEMO)
+$(RUNS)/$(3)/pseudo/stats.json: $(RUNS)/$(3)/train/checkpoint_final.pt
+	rm -rf $(RUNS)/$(3)/pseudo
+	$(UDASEG) pseudolabel --config stages/$(2).toml $(4) --refine --color
 
-$(DEMO_RUN)/train/checkpoint_final.pt: $(DEMO_RUN)/gmm/gmm.h5
-	rm -rf $(DEMO_RUN)/train
-	$(UDASEG) train $(DEMO)
+$(RUNS)/$(3)/self_train/checkpoint_final.pt: $(RUNS)/$(3)/pseudo/stats.json
+	rm -rf $(RUNS)/$(3)/self_train
+	$(UDASEG) self-train --config stages/$(2).toml $(4)
 
-$(DEMO_RUN)/pseudo/stats.json: $(DEMO_RUN)/train/checkpoint_final.pt
-	rm -rf $(DEMO_RUN)/pseudo
-	$(UDASEG) pseudolabel $(DEMO) --refine --color
+$(RUNS)/$(3)/eval/summary.json: $(RUNS)/$(3)/self_train/checkpoint_final.pt
+	$(UDASEG) eval --config stages/$(2).toml $(4)
 
-$(DEMO_RUN)/self_train/checkpoint_final.pt: $(DEMO_RUN)/pseudo/stats.json
-	rm -rf $(DEMO_RUN)/self_train
-	$(UDASEG) self-train $(DEMO)
+$(1): $(RUNS)/$(3)/eval/summary.json
+	@cat $(RUNS)/$(3)/eval/report.md
+	@echo "report: $(RUNS)/$(3)/eval/report.md   figures: $(RUNS)/$(3)/eval/*.png"
+endef
 
-$(DEMO_RUN)/eval/summary.json: $(DEMO_RUN)/self_train/checkpoint_final.pt
-	$(UDASEG) eval $(DEMO)
+# ---- the built-in synthetic benchmark -----------------------------------------------------
+DEMO_ARGS := --data-root $(DATA) --runs-root $(RUNS)
 
-demo-data: $(DEMO_DATA)/synth.json  ## generate the synthetic benchmark into $(DATA)/demo
+$(DATA)/demo/synth.json: | $(STAMP)
+	$(UDASEG) synth $(DATA)/demo --overwrite
+
+demo-data: $(DATA)/demo/synth.json  ## generate the synthetic benchmark into DATA/demo
 
 check-demo: demo-data  ## check the synthetic benchmark's files
-	$(UDASEG) check-data $(DEMO)
+	$(UDASEG) check-data --config stages/demo.toml $(DEMO_ARGS)
 
-demo: $(DEMO_RUN)/eval/summary.json  ## the whole pipeline on the synthetic benchmark (CPU, light backbone)
-	@cat $(DEMO_RUN)/eval/report.md
-	@echo "report: $(DEMO_RUN)/eval/report.md   figures: $(DEMO_RUN)/eval/*.png   summary: $(DEMO_RUN)/eval/summary.json"
+$(eval $(call PIPELINE,demo,demo,demo,$(DEMO_ARGS),$(DATA)/demo/synth.json))
+demo:  ## the whole pipeline on the synthetic benchmark (CPU, light backbone, < 15 min)
 
 clean-demo:  ## remove the synthetic benchmark and its runs
-	rm -rf $(DEMO_DATA) $(DEMO_RUN)
+	rm -rf $(DATA)/demo $(RUNS)/demo
+
+# ---- the paper's settings on the real datasets ------------------------------------------
+PAPER_ARGS = --data-root $(DATASETS) --runs-root $(RUNS) $(if $(INIT),--set model.init_weights='"$(INIT)"')
+
+require-datasets:
+	@if [ -z "$(strip $(DATASETS))" ] || [ ! -d "$(strip $(DATASETS))" ]; then \
+	  echo "error: set DATASETS=/path/to/datasets (or UDASEG_DATA) holding SYNTHIA-RAND-CITYSCAPES/, cityscapes/, mapillary/; see README 'Dataset preparation'"; exit 1; fi
+
+$(eval $(call PIPELINE,syn2city16,synthia2cityscapes16,synthia2cityscapes16,$(PAPER_ARGS),| require-datasets))
+$(eval $(call PIPELINE,syn2city16-low,synthia2cityscapes16_low,synthia2cityscapes16_low,$(PAPER_ARGS),| require-datasets))
+$(eval $(call PIPELINE,syn2city7,synthia2cityscapes7,synthia2cityscapes7,$(PAPER_ARGS),| require-datasets))
+$(eval $(call PIPELINE,syn2city7-low,synthia2cityscapes7_low,synthia2cityscapes7_low,$(PAPER_ARGS),| require-datasets))
+$(eval $(call PIPELINE,syn2map7,synthia2mapillary7,synthia2mapillary7,$(PAPER_ARGS),| require-datasets))
+$(eval $(call PIPELINE,syn2map7-low,synthia2mapillary7_low,synthia2mapillary7_low,$(PAPER_ARGS),| require-datasets))
+syn2city16:  ## SYNTHIA -> Cityscapes 16 classes (DATASETS=..., INIT=...; one GPU)
+syn2city16-low:  ## the same at 640x320
+syn2city7:  ## SYNTHIA -> Cityscapes 7 classes
+syn2city7-low:  ## the same at 640x320
+syn2map7:  ## SYNTHIA -> Mapillary Vistas 7 classes
+syn2map7-low:  ## the same at 640x320
