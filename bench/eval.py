@@ -33,7 +33,7 @@ from udaseg.config import load_config, to_toml  # noqa: E402
 from udaseg.data.protocols import get_protocol  # noqa: E402
 from udaseg.engine import save_checkpoint  # noqa: E402
 from udaseg.evaluate import eval_data, eval_loader, evaluate_checkpoint, figure_indices, run_evaluation  # noqa: E402
-from udaseg.model import build_model, normalize  # noqa: E402
+from udaseg.model import model_from_config, normalize  # noqa: E402
 from udaseg.stage1 import autocast  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> None:
         })
         protocol = get_protocol(cfg.experiment.protocol)
         torch.manual_seed(0)
-        model = build_model(args.backbone, protocol.num_classes).eval()
+        model = model_from_config(cfg.model, protocol.num_classes).eval()
         ckpt = tmp / "checkpoint_final.pt"
         save_checkpoint(ckpt, {"stage": "stage1", "iteration": 0, "protocol": protocol.name,
                                "num_classes": protocol.num_classes, "backbone": args.backbone,

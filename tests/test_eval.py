@@ -27,7 +27,8 @@ runner = CliRunner()
 
 
 def common(tmp: Path, *extra: str) -> list[str]:
-    sets = ["model.backbone=light_resnet18", "model.init_weights=", "experiment.name=t", "data.num_workers=0",
+    sets = ["model.backbone=light_resnet18", "model.init_weights=", "model.light_width=16", "model.head_channels=64",
+            "experiment.name=t", "data.num_workers=0",
             "eval.batch_size=2", "eval.num_figure_samples=2", *extra]
     return ["--data-root", str(tmp / "data"), "--runs-root", str(tmp / "runs"), *[a for s in sets for a in ("--set", s)]]
 
@@ -43,12 +44,12 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     truth = write_cityscapes(tmp / "data" / "city", "val", n=3, size=(64, 32), seed=5)
     torch.manual_seed(0)
-    model = build_model("light_resnet18", 16).eval()
-    cfg = load_config(None, ["model.backbone=light_resnet18"])
+    model = build_model("light_resnet18", 16, light_width=16, head_channels=64).eval()
+    cfg = load_config(None, ["model.backbone=light_resnet18", "model.light_width=16", "model.head_channels=64"])
     path = tmp / "runs" / "t" / "train" / "checkpoint_final.pt"
     save_checkpoint(path, {"format": "udaseg.checkpoint.v1", "stage": "stage1", "iteration": 7,
                            "protocol": "synthia2cityscapes16", "num_classes": 16, "backbone": "light_resnet18",
-                           "model": model.state_dict(), "config_toml": to_toml(cfg)})
+                           "widths": [16, 64], "model": model.state_dict(), "config_toml": to_toml(cfg)})
     return tmp, model, truth, path
 
 
@@ -163,7 +164,7 @@ def test_mapillary_letterbox_protocol(trained):
     label.save(root / "validation/labels/a.png")
     # a 7-class checkpoint for the Mapillary protocol
     torch.manual_seed(1)
-    m7 = build_model("light_resnet18", 7).eval()
+    m7 = build_model("light_resnet18", 7, light_width=16, head_channels=64).eval()
     ckpt = tmp / "m7.pt"
     save_checkpoint(ckpt, {"stage": "stage1", "iteration": 1, "protocol": "synthia2mapillary7", "num_classes": 7,
                            "backbone": "light_resnet18", "model": m7.state_dict()})

@@ -33,7 +33,7 @@ from udaseg.engine import CHECKPOINT_FINAL, load_checkpoint
 from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.metrics import DEPTH_METRICS, confusion_matrix, depth_metrics_per_image, iou_from_confusion, mean_iou, miou_star, pixel_accuracy
-from udaseg.model import build_model, normalize
+from udaseg.model import model_from_config, normalize
 from udaseg.stage1 import autocast, check_compatible, upsample
 
 SUMMARY_FORMAT = "udaseg.eval.v1"
@@ -237,14 +237,14 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def load_model(config: Config, checkpoint: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """The checkpoint's model, checked against the recipe (class count, backbone)."""
+    """The checkpoint's model, checked against the recipe (class count, backbone, widths)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     check_compatible(state, config, checkpoint)
     protocol = config.experiment.protocol
     if state.get("protocol") not in (None, protocol):
         raise UdasegError(f"{checkpoint}: trained for protocol {state['protocol']!r}, the recipe evaluates "
                           f"{protocol!r}; use the recipe it was trained with")
-    model = build_model(config.model.backbone, get_protocol(protocol).num_classes)
+    model = model_from_config(config.model, get_protocol(protocol).num_classes)
     model.load_state_dict(state["model"])
     model.to(device)
     if device.type == "cuda":
