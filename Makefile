@@ -96,3 +96,40 @@ syn2city7:  ## SYNTHIA -> Cityscapes 7 classes
 syn2city7-low:  ## the same at 640x320
 syn2map7:  ## SYNTHIA -> Mapillary Vistas 7 classes
 syn2map7-low:  ## the same at 640x320
+
+# ---- paper Table 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" -----------
+# source_only / oracle / m1 / m2 are stage-1 runs; m3 and m4 self-train from m2's checkpoint
+# on pseudo-labels without / with the spatial prior. One gmm.h5 serves every run.
+ABL      := $(RUNS)/ablation
+SEEDS    ?= 0 1 2
+ABL_ARGS := --config stages/demo.toml --data-root $(DATA) --runs-root $(ABL)
+
+$(ABL)/shared/gmm/gmm.h5: $(DATA)/demo/synth.json stages/demo.toml | $(STAMP)
+	$(UDASEG) fit-gmm $(ABL_ARGS) --set experiment.name=shared --no-plots
+
+# $(1) setting, $(2) seed
+define ABLATION_STAGE1
+$(ABL)/$(1)_s$(2)/train/checkpoint_final.pt: $(ABL)/shared/gmm/gmm.h5
+	rm -rf $(ABL)/$(1)_s$(2) && mkdir -p $(ABL)/$(1)_s$(2)/gmm && cp $$< $(ABL)/$(1)_s$(2)/gmm/
+	$(UDASEG) train $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) --ablation $(1)
+$(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/train/checkpoint_final.pt
+	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --label $(1)
+endef
+
+# $(1) setting (m3 | m4), $(2) seed, $(3) --refine / --no-refine
+define ABLATION_STAGE2
+$(ABL)/$(1)_s$(2)/self_train/checkpoint_final.pt: $(ABL)/m2_s$(2)/train/checkpoint_final.pt
+	rm -rf $(ABL)/$(1)_s$(2) && mkdir -p $(ABL)/$(1)_s$(2)/gmm && cp $(ABL)/shared/gmm/gmm.h5 $(ABL)/$(1)_s$(2)/gmm/
+	$(UDASEG) pseudolabel $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint $$< $(3)
+	$(UDASEG) self-train $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) --checkpoint $$<
+$(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/self_train/checkpoint_final.pt
+	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --label $(1)
+endef
+
+$(foreach s,$(SEEDS),$(foreach x,source_only oracle m1 m2,$(eval $(call ABLATION_STAGE1,$(x),$(s)))))
+$(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m3,$(s),--no-refine)))
+$(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
+ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
+
+ablation: $(ABL_SUMMARIES)  ## paper Table 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2)
+	$(UDASEG) eval --compare $(ABL_SUMMARIES) --compare-out $(ABL)/table.md
