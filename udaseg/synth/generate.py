@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from udaseg.data.pngio import atomic_write_bytes, read_png_raw, write_png
+from udaseg.data.palette import palette_for
 from udaseg.data.protocols import PROTOCOLS
 from udaseg.errors import UdasegError
 from udaseg.synth.config import SynthConfig
@@ -33,11 +34,6 @@ SYNTHIA_TO_CITYSCAPES = np.zeros(256, np.uint8)
 for _raw, _cs in {1: 23, 2: 11, 3: 7, 4: 8, 5: 13, 6: 21, 7: 17, 8: 26, 9: 20, 10: 24, 11: 33, 12: 32, 15: 19,
                   16: 22, 17: 25, 19: 28, 21: 12, 22: 7}.items():
     SYNTHIA_TO_CITYSCAPES[_raw] = _cs
-
-CITYSCAPES_16_PALETTE = np.array([
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
-    (0, 60, 100), (0, 0, 230), (119, 11, 32)], np.uint8)
 
 
 @dataclass(frozen=True)
@@ -182,8 +178,7 @@ def _resize(image: np.ndarray, height: int, nearest: bool) -> np.ndarray:
 def contact_sheet(out: Path, cfg: SynthConfig, pairs: int = 4, height: int = 128) -> Path | None:
     """Source/target pairs read back from disk: RGB, labels in the Cityscapes palette, depth."""
     protocol = PROTOCOLS["synthia2cityscapes16"]
-    palette = np.zeros((256, 3), np.uint8)
-    palette[:16] = CITYSCAPES_16_PALETTE
+    palette = palette_for(protocol)
     n = min(pairs, cfg.num_source, cfg.num_target_train)
     if n == 0:
         return None
