@@ -14,7 +14,7 @@ from scipy import stats
 from sklearn.mixture import GaussianMixture
 
 from udaseg.errors import UdasegError
-from udaseg.fitgmm import MIN_POINTS, PassResult, Reservoir, collect, fit_all, image_points
+from udaseg.fitgmm import MIN_POINTS, PassResult, Reservoir, collect, fit_all
 from udaseg.gmm import ClassGMM, DepthGMM, class_weights, expand_covariances, load_gmm, write_gmm
 
 GRID = (7, 5)  # (width, height) of a tiny output grid

@@ -19,7 +19,6 @@ from udaseg.data.build import target_dataset
 from udaseg.engine import CHECKPOINT_LATEST, DistEnv, load_checkpoint, read_log
 from udaseg.errors import DataError, UdasegError
 from udaseg.fitgmm import run_fit_gmm
-from udaseg.layout import RunLayout
 from udaseg.pseudolabel import run_pseudolabel
 from udaseg.stage1 import train_stage1
 from udaseg.stage2 import self_train

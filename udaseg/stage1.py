@@ -24,8 +24,8 @@ from torch import nn
 from udaseg.config import Config, data_root, resolve_under, to_toml
 from udaseg.data.build import make_loader, source_dataset, target_dataset
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, configure_cpu_threads, ResumableSampler, load_checkpoint, plot_progress,
-                           poly_lr, rng_state, run_loop, set_lr, set_rng_state, unwrap)
+from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, ResumableSampler, configure_cpu_threads,
+                           load_checkpoint, plot_progress, poly_lr, rng_state, run_loop, set_lr, set_rng_state, unwrap)
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
 from udaseg.layout import RunLayout
@@ -242,6 +242,23 @@ def restore(parts: TrainParts, state: dict) -> None:
     set_rng_state(state["rng"])
 
 
+def resume_state(out: Path, config: Config, parts: TrainParts, env: DistEnv) -> dict:
+    """Load `out/checkpoint_latest.pt` into `parts` (for --continue); returns the checkpoint."""
+    latest = out / CHECKPOINT_LATEST
+    if not latest.is_file():
+        raise UdasegError(f"{latest}: nothing to continue; run without --continue to start")
+    state = load_checkpoint(latest, map_location=env.device)
+    check_compatible(state, config, latest)
+    restore(parts, state)
+    return state
+
+
+def refuse_existing(out: Path) -> None:
+    """A fresh run never overwrites another run's checkpoints."""
+    if (out / CHECKPOINT_LATEST).is_file() or (out / "checkpoint_final.pt").is_file():
+        raise UdasegError(f"{out}: already holds checkpoints; pass --continue to resume, or remove the folder to start over")
+
+
 def endless(loader):
     """Batches forever; the loader's sampler is endless, so one iterator serves the run."""
     return iter(loader)
@@ -256,17 +273,8 @@ def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, r
     torch.manual_seed(config.experiment.seed)
     parts = build_parts(config, env, root, layout)
 
-    start = 0
-    latest = out / CHECKPOINT_LATEST
-    if resume:
-        if not latest.is_file():
-            raise UdasegError(f"{latest}: nothing to continue; run without --continue to start")
-        state = load_checkpoint(latest, map_location=env.device)
-        check_compatible(state, config, latest)
-        restore(parts, state)
-        start = int(state["iteration"])
-    elif (out / "checkpoint_final.pt").is_file() or latest.is_file():
-        raise UdasegError(f"{out}: already holds checkpoints; pass --continue to resume, or remove the folder to start over")
+    state = resume_state(out, config, parts, env) if resume else refuse_existing(out)
+    start = int(state["iteration"]) if state else 0
 
     workers = config.data.num_workers if workers is None else workers
     configure_cpu_threads(env, workers)

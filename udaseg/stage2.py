@@ -13,15 +13,15 @@ import torch
 
 from udaseg.config import Config, to_toml
 from udaseg.data.build import make_loader, source_dataset, target_dataset
-from udaseg.data.pseudo import PseudoLabelDataset
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, configure_cpu_threads, ResumableSampler, load_checkpoint, plot_progress,
+from udaseg.data.pseudo import PseudoLabelDataset
+from udaseg.engine import (DistEnv, LoopSpec, ResumableSampler, configure_cpu_threads, load_checkpoint, plot_progress,
                            poly_lr, run_loop, set_lr, set_rng_state, unwrap)
-from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.losses import berhu, weighted_cross_entropy
 from udaseg.model import model_from_config, normalize
-from udaseg.stage1 import TrainParts, autocast, check_compatible, checkpoint_state, load_gmm_for, restore, upsample
+from udaseg.stage1 import (TrainParts, autocast, check_compatible, checkpoint_state, load_gmm_for, refuse_existing,
+                           resume_state, upsample)
 
 
 class SelfTrainStep:
@@ -76,18 +76,9 @@ def self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
     parts = TrainParts(model, None, optimizer, None, None, weights)
 
-    latest = out / CHECKPOINT_LATEST
-    start = 0
-    if resume:
-        if not latest.is_file():
-            raise UdasegError(f"{latest}: nothing to continue; run without --continue to start")
-        state = load_checkpoint(latest, map_location=env.device)
-        check_compatible(state, config, latest)
-        restore(parts, state)
-        start = int(state["iteration"])
-    else:
-        if latest.is_file() or (out / "checkpoint_final.pt").is_file():
-            raise UdasegError(f"{out}: already holds checkpoints; pass --continue to resume, or remove the folder to start over")
+    state = resume_state(out, config, parts, env) if resume else refuse_existing(out)
+    start = int(state["iteration"]) if state else 0
+    if not resume:  # start from the stage-1 weights, with a fresh optimizer
         init = init_checkpoint or layout.train_dir / "checkpoint_final.pt"
         state = load_checkpoint(init, map_location=env.device)
         check_compatible(state, config, init)

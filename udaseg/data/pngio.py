@@ -43,7 +43,7 @@ def _decode(path: Path, mode: ImageReadMode) -> torch.Tensor:
         raise ImageFileError(f"{path}: file not found")
     try:
         return decode_image(read_file(str(path)), mode=mode)
-    except RuntimeError as err:
+    except RuntimeError:
         raise ImageFileError(f"{path}: cannot decode image (corrupt or not a PNG/JPEG file); re-extract or re-download it") from None
 
 

@@ -562,7 +562,6 @@ def render_frame(rng: np.random.Generator, size: tuple[int, int], cam_cfg: Camer
     lane_w = float(rng.uniform(3.0, 3.6))
     lanes_half = lanes * lane_w / 2
     parking = float(rng.uniform(2.0, 2.5)) if rng.random() < 0.6 else 0.0
-    road_half = lanes_half + parking
     if cam_cfg.lateral == "lane":
         lane = int(rng.integers(lanes // 2, lanes))
         cam_x = -lanes_half + (lane + 0.5) * lane_w + float(rng.uniform(-0.3, 0.3))
