@@ -29,23 +29,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from udaseg.data.depth import INVDEPTH_SCALE
 from udaseg.errors import UdasegError
 from udaseg.grid import output_grid
 
 SCHEMA_NAME = "udaseg.gmm"
 SCHEMA_VERSION = 1
 FEATURE_NAMES = ("column", "row", "inverse_depth")
-DEPTH_NUMERATOR = 65536.0  # inverse depth = DEPTH_NUMERATOR / (centimetres + DEPTH_OFFSET_CM)
+DEPTH_NUMERATOR = INVDEPTH_SCALE  # inverse depth = DEPTH_NUMERATOR / (centimetres + DEPTH_OFFSET_CM)
 DEPTH_OFFSET_CM = 1.0
 DEPTH_ENCODING = "inverse_depth = 65536 / (depth_cm + 1)"
 COVARIANCE_TYPES = ("diag", "spherical", "full", "tied")
 FALLBACKS = ("none", "reduced_k", "pooled")
 _FIX = "re-run `udaseg fit-gmm` with this recipe"
-
-
-def inverse_depth_from_cm(depth_cm: torch.Tensor) -> torch.Tensor:
-    """SYNTHIA depth in centimetres -> the inverse-depth feature the GMMs are fitted on."""
-    return DEPTH_NUMERATOR / (depth_cm.to(torch.float32) + DEPTH_OFFSET_CM)
 
 
 def class_weights(counts: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
