@@ -35,9 +35,10 @@ test: $(STAMP)  ## run the test suite (CPU, tiny images; a few minutes)
 	$(PY) -m pytest tests
 
 # ---- one pipeline: fit-gmm -> train -> pseudolabel --refine -> self-train -> eval ----------
-# $(1) target name, $(2) recipe (stages/$(2).toml), $(3) run name, $(4) extra options, $(5) data prerequisite
+# $(1) target name, $(2) recipe (stages/$(2).toml), $(3) run name, $(4) extra options,
+# $(5) data prerequisite (a file), $(6) order-only prerequisite (a check)
 define PIPELINE
-$(RUNS)/$(3)/gmm/gmm.h5: stages/$(2).toml $(5) | $(STAMP)
+$(RUNS)/$(3)/gmm/gmm.h5: stages/$(2).toml $(5) | $(STAMP) $(6)
 	$(UDASEG) fit-gmm --config stages/$(2).toml $(4)
 
 $(RUNS)/$(3)/train/checkpoint_final.pt: $(RUNS)/$(3)/gmm/gmm.h5
@@ -84,12 +85,12 @@ require-datasets:
 	@if [ -z "$(strip $(DATASETS))" ] || [ ! -d "$(strip $(DATASETS))" ]; then \
 	  echo "error: set DATASETS=/path/to/datasets (or UDASEG_DATA) holding SYNTHIA-RAND-CITYSCAPES/, cityscapes/, mapillary/; see README 'Dataset preparation'"; exit 1; fi
 
-$(eval $(call PIPELINE,syn2city16,synthia2cityscapes16,synthia2cityscapes16,$(PAPER_ARGS),| require-datasets))
-$(eval $(call PIPELINE,syn2city16-low,synthia2cityscapes16_low,synthia2cityscapes16_low,$(PAPER_ARGS),| require-datasets))
-$(eval $(call PIPELINE,syn2city7,synthia2cityscapes7,synthia2cityscapes7,$(PAPER_ARGS),| require-datasets))
-$(eval $(call PIPELINE,syn2city7-low,synthia2cityscapes7_low,synthia2cityscapes7_low,$(PAPER_ARGS),| require-datasets))
-$(eval $(call PIPELINE,syn2map7,synthia2mapillary7,synthia2mapillary7,$(PAPER_ARGS),| require-datasets))
-$(eval $(call PIPELINE,syn2map7-low,synthia2mapillary7_low,synthia2mapillary7_low,$(PAPER_ARGS),| require-datasets))
+$(eval $(call PIPELINE,syn2city16,synthia2cityscapes16,synthia2cityscapes16,$(PAPER_ARGS),,require-datasets))
+$(eval $(call PIPELINE,syn2city16-low,synthia2cityscapes16_low,synthia2cityscapes16_low,$(PAPER_ARGS),,require-datasets))
+$(eval $(call PIPELINE,syn2city7,synthia2cityscapes7,synthia2cityscapes7,$(PAPER_ARGS),,require-datasets))
+$(eval $(call PIPELINE,syn2city7-low,synthia2cityscapes7_low,synthia2cityscapes7_low,$(PAPER_ARGS),,require-datasets))
+$(eval $(call PIPELINE,syn2map7,synthia2mapillary7,synthia2mapillary7,$(PAPER_ARGS),,require-datasets))
+$(eval $(call PIPELINE,syn2map7-low,synthia2mapillary7_low,synthia2mapillary7_low,$(PAPER_ARGS),,require-datasets))
 syn2city16:  ## SYNTHIA -> Cityscapes 16 classes (DATASETS=..., INIT=...; one GPU)
 syn2city16-low:  ## the same at 640x320
 syn2city7:  ## SYNTHIA -> Cityscapes 7 classes
