@@ -32,6 +32,9 @@ RunsRootOption = Annotated[
     typer.Option("--runs-root", help="Folder for run artifacts (else $UDASEG_RUNS, else ./runs)."),
 ]
 
+DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
+WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")]
+
 
 def resolve_config(config: Path | None, overrides: list[str] | None) -> Config:
     return load_config(config, overrides or [])

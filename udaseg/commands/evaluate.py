@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
-                                    resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
+                                    WorkersOption, console, next_step, resolve_config, user_errors)
 
 
 @user_errors
@@ -26,10 +26,10 @@ def evaluate(
     name: Annotated[Optional[str], typer.Option(
         help="Write to eval/<name>/ (a stage-1 checkpoint of a run that has self-trained defaults to 'stage1').")] = None,
     label: Annotated[Optional[str], typer.Option(help="Group label stored in summary.json for --compare.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    device: DeviceOption = None,
     max_images: Annotated[Optional[int], typer.Option(help="Score only the first N images (quick checks).")] = None,
     source: Annotated[bool, typer.Option("--source", help="Score the source set (SYNTHIA) instead: depth metrics against its depth.")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")] = None,
+    workers: WorkersOption = None,
     compare: Annotated[bool, typer.Option("--compare", help="Compare summary.json files (arguments) instead of evaluating.")] = False,
     compare_out: Annotated[Optional[Path], typer.Option(help="With --compare: also write the table as markdown here.")] = None,
 ) -> None:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
-                                    resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
+                                    WorkersOption, console, next_step, resolve_config, user_errors)
 
 
 @user_errors
@@ -21,8 +21,8 @@ def pseudolabel(
     refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Apply the connected-region spatial prior (M4) or only the confidence threshold (M3); default: pseudolabel.refine.")] = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Skip images whose pseudo-label is already written.")] = False,
     color: Annotated[bool, typer.Option("--color", help="Also write colourised labels to pseudo/color/.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")] = None,
+    device: DeviceOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Predict target pseudo-labels with a stage-1 model, refined by the connected-region spatial prior.
 

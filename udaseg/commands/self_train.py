@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
-                                    resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
+                                    WorkersOption, console, next_step, resolve_config, user_errors)
 
 
 @user_errors
@@ -20,8 +20,8 @@ def self_train(
     checkpoint: Annotated[Optional[Path], typer.Option(help="Stage-1 checkpoint to start from (default: train/checkpoint_final.pt).")] = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Resume from self_train/checkpoint_latest.pt.")] = False,
     iterations: Annotated[Optional[int], typer.Option(help="Overrides self_train.iterations.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")] = None,
+    device: DeviceOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Stage 2: self-training on the target set with the refined pseudo-labels.
 

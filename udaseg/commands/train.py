@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
-                                    resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
+                                    WorkersOption, console, next_step, resolve_config, user_errors)
 
 
 @user_errors
@@ -19,8 +19,8 @@ def train(
     continue_: Annotated[bool, typer.Option("--continue", help="Resume from train/checkpoint_latest.pt.")] = False,
     ablation: Annotated[Optional[str], typer.Option(help="source_only | m1 | m2 (overrides train.ablation).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Overrides train.iterations.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")] = None,
+    device: DeviceOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Stage 1: source segmentation + depth + density, adversarial alignment of entropy x density maps.
 
