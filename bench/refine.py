@@ -12,19 +12,21 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from refine_cases import CASES, PUBLISHED_W, adversarial, scipy_refine  # noqa: E402  (the tests' maps)
+
 C = 16
-PUBLISHED_W = [0.327, 0.313, 0.206, 22.427, 22.558, 5.811, 155.643, 59.528, 0.586, 0.882, 1.423,
-               12.871, 1.488, 3.955, 29.164, 27.563]
 
 
 # ------------------------------------------------------------------ maps (numpy, vectorised)
@@ -40,87 +42,14 @@ def realistic(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
     return lab.numpy().astype(np.int64), conf.numpy()
 
 
-def snake(h: int, w: int, vertical: bool = False) -> np.ndarray:
-    """One-pixel-wide class-1 snake filling the image; the rest class 0."""
-    if vertical:
-        return snake(w, h).T.copy()
-    lab = np.zeros((h, w), np.int64)
-    lab[0::2] = 1
-    y = np.arange(1, h, 2)
-    lab[y, np.where((y // 2) % 2 == 0, w - 1, 0)] = 1
-    return lab
-
-
-def spiral(h: int, w: int) -> np.ndarray:
-    """One-pixel-wide square spiral (class 1) with one-pixel corridors (class 0).
-
-    Concentric rings at even depth; each ring is cut next to its top-left corner and bridged
-    to the next inner ring, which turns the rings into one long path.
-    """
-    y, x = np.arange(h)[:, None], np.arange(w)[None, :]
-    depth = np.minimum(np.minimum(y, x), np.minimum(h - 1 - y, w - 1 - x))
-    lab = (depth % 2 == 0).astype(np.int64)
-    d = np.arange(0, (min(h, w) + 1) // 2, 2)
-    cut = d[d + 1 <= w - 1 - d]
-    lab[cut, cut + 1] = 0
-    bridge = d[(d + 2 <= h - 1 - (d + 2)) & (d + 2 <= w - 1 - (d + 2))]
-    lab[bridge + 1, bridge + 2] = 1
-    return lab
-
-
-def maze(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Binary-tree perfect maze on the even cells: passages class 1, walls class 0."""
-    lab = np.zeros((h, w), np.int64)
-    lab[0::2, 0::2] = 1
-    ys, xs = np.meshgrid(np.arange(0, h, 2), np.arange(0, w, 2), indexing="ij")
-    north = (rng.random(ys.shape) < 0.5) | (xs == 0)
-    north &= ys > 0
-    west = ~north & (xs > 0)
-    lab[ys[north] - 1, xs[north]] = 1
-    lab[ys[west], xs[west] - 1] = 1
-    return lab
-
-
-def percolation(rng: np.random.Generator, h: int, w: int, connectivity: int) -> np.ndarray:
-    p = 0.5927 if connectivity == 4 else 0.4073
-    return (rng.random((h, w)) < p).astype(np.int64)
-
-
-def checkerboard(h: int, w: int) -> np.ndarray:
-    return ((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2).astype(np.int64)
-
-
 def cases(rng: np.random.Generator, h: int, w: int, connectivity: int
           ) -> dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]]:
     ones = lambda lab: (lab, np.ones(lab.shape, np.float32))  # noqa: E731
-    return {
-        "realistic": lambda: realistic(rng, h, w),
-        "snake-h": lambda: ones(snake(h, w)),
-        "snake-v": lambda: ones(snake(h, w, vertical=True)),
-        "spiral": lambda: ones(spiral(h, w)),
-        "maze": lambda: ones(maze(rng, h, w)),
-        "percolation": lambda: ones(percolation(rng, h, w, connectivity)),
-        "checkerboard": lambda: ones(checkerboard(h, w)),
-    }
-
-
-# ------------------------------------------------------------------ reference
-
-
-def scipy_refine(lab: np.ndarray, conf: np.ndarray, thr: np.ndarray, conf_threshold: float,
-                 connectivity: int) -> np.ndarray:
-    """Class-by-class, image-by-image ``scipy.ndimage.label`` reference."""
-    structure = np.ones((3, 3), bool) if connectivity == 8 else None
-    out = np.full_like(lab, 255)
-    for i in range(lab.shape[0]):
-        valid = (conf[i] >= conf_threshold) & (lab[i] >= 0) & (lab[i] < len(thr))
-        for c in np.unique(lab[i][valid]):
-            mask = valid & (lab[i] == c)
-            comp, _ = ndimage.label(mask, structure=structure)
-            size = np.bincount(comp.ravel())
-            size[0] = 0
-            out[i][mask & (size[comp] >= thr[c])] = c
-    return out
+    maps = {"realistic": lambda: realistic(rng, h, w)}
+    for name in CASES:
+        if name != "one-class":
+            maps[name] = lambda name=name: ones(adversarial(name, h, w, connectivity, rng))
+    return maps
 
 
 def timeit(fn: Callable[[], object], repeat: int, sync: bool) -> float:
