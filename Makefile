@@ -101,11 +101,13 @@ syn2map7-low:  ## the same at 640x320
 # ---- paper Table 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" -----------
 # source_only / oracle / m1 / m2 are stage-1 runs; m3 and m4 self-train from m2's checkpoint
 # on pseudo-labels without / with the spatial prior. One gmm.h5 serves every run.
-ABL      := $(RUNS)/ablation
+# RECIPE=demo16 runs the same table with the 16-class recipe.
+RECIPE   ?= demo
+ABL      := $(RUNS)/ablation/$(RECIPE)
 SEEDS    ?= 0 1 2
-ABL_ARGS := --config stages/demo.toml --data-root $(DATA) --runs-root $(ABL)
+ABL_ARGS := --config stages/$(RECIPE).toml --data-root $(DATA) --runs-root $(ABL)
 
-$(ABL)/shared/gmm/gmm.h5: $(DATA)/demo/synth.json stages/demo.toml | $(STAMP)
+$(ABL)/shared/gmm/gmm.h5: $(DATA)/demo/synth.json stages/$(RECIPE).toml | $(STAMP)
 	$(UDASEG) fit-gmm $(ABL_ARGS) --set experiment.name=shared --no-plots
 
 # $(1) setting, $(2) seed
@@ -132,5 +134,5 @@ $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m3,$(s),--no-refine)))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
 ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
 
-ablation: $(ABL_SUMMARIES)  ## paper Table 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2)
+ablation: $(ABL_SUMMARIES)  ## paper Table 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2; RECIPE=demo16)
 	$(UDASEG) eval --compare $(ABL_SUMMARIES) --compare-out $(ABL)/table.md

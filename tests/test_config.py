@@ -64,3 +64,17 @@ def test_unknown_keys_are_named(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="recipe not found"):
         load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("demo, paper", [("demo", "synthia2cityscapes7"), ("demo16", "synthia2cityscapes16")])
+def test_demo_recipes_keep_the_paper_method(demo, paper):
+    """The CPU demo recipes shrink sizes, widths and iterations, never the method of their protocol."""
+    d, p = load_config(STAGES / f"{demo}.toml"), load_config(STAGES / f"{paper}.toml")
+    assert d.experiment.protocol == p.experiment.protocol
+    for field in ("lambda_seg", "lambda_dep", "lambda_bal", "lambda_adv", "lambda_tar", "lr_disc", "disc_betas",
+                  "class_weights", "momentum", "weight_decay", "power"):
+        assert getattr(d.train, field) == getattr(p.train, field), field
+    for field in ("conf_threshold", "connectivity", "n_b0", "n_b1", "thresholds_size"):
+        assert getattr(d.pseudolabel, field) == getattr(p.pseudolabel, field), field
+    assert (d.gmm.components, d.gmm.covariance, d.gmm.squash_scale, d.gmm.squash_max) == \
+        (p.gmm.components, p.gmm.covariance, p.gmm.squash_scale, p.gmm.squash_max)

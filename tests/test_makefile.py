@@ -1,0 +1,44 @@
+"""The Make targets' command lines (make -n: nothing runs), so a recipe or path typo fails here, not after an hour."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+
+
+def dry_run(*args: str) -> list[str]:
+    out = subprocess.run(["make", "-n", "-B", *args, "RUNS=/tmp/udaseg-dry", "DATA=/tmp/udaseg-dry-data"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "udaseg " in line]
+
+
+@pytest.mark.parametrize("recipe", ["demo", "demo16"])
+def test_ablation_runs_every_setting_with_one_recipe(recipe):
+    lines = dry_run("ablation", "SEEDS=0 1", f"RECIPE={recipe}")
+    runs = f"/tmp/udaseg-dry/ablation/{recipe}"
+    assert all(f"--config stages/{recipe}.toml" in line and f"--runs-root {runs}" in line
+               for line in lines if " --compare " not in line and "udaseg synth " not in line)
+    for seed in (0, 1):
+        for setting in ("source_only", "m1", "m2", "oracle"):
+            assert any("train " in l and f"experiment.name={setting}_s{seed} " in l and f"--ablation {setting}" in l
+                       for l in lines), (setting, seed)
+        m2 = f"{runs}/m2_s{seed}/train/checkpoint_final.pt"
+        for setting, flag in (("m3", "--no-refine"), ("m4", "--refine")):
+            assert any("pseudolabel " in l and f"experiment.name={setting}_s{seed} " in l
+                       and l.endswith(f"--checkpoint {m2} {flag}") for l in lines), setting
+            assert any("self-train " in l and f"experiment.name={setting}_s{seed} " in l and f"--checkpoint {m2}" in l
+                       for l in lines), setting
+    compare = [l for l in lines if " --compare " in l]
+    assert len(compare) == 1 and compare[0].count("summary.json") == 12
+    assert compare[0].endswith(f"--compare-out {runs}/table.md")
+
+
+def test_demo_chains_every_stage_in_order():
+    lines = dry_run("demo")
+    stages = [l.split("udaseg ", 1)[1].split()[0] for l in lines]
+    assert stages == ["synth", "fit-gmm", "train", "pseudolabel", "self-train", "eval"]
+    assert "--refine" in lines[3] and all("stages/demo.toml" in l for l in lines[1:])
