@@ -21,7 +21,7 @@ INIT     ?=
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=$(DATA) RUNS=$(RUNS) DATASETS=$(DATASETS) INIT=$(INIT)"
+	@echo "  variables: DATA=$(DATA) RUNS=$(RUNS) DATASETS=$(DATASETS) INIT=$(INIT) RECIPE=$(RECIPE) SEEDS=\"$(SEEDS)\""
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
