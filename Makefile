@@ -135,4 +135,4 @@ $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
 ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
 
 ablation: $(ABL_SUMMARIES)  ## paper Table 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2; RECIPE=demo16)
-	$(UDASEG) eval --compare $(ABL_SUMMARIES) --compare-out $(ABL)/table.md
+	$(UDASEG) compare $(ABL_SUMMARIES) --out $(ABL)/table.md

@@ -31,10 +31,10 @@ from fakedata import write_cityscapes  # noqa: E402
 
 from udaseg.config import load_config, to_toml  # noqa: E402
 from udaseg.data.protocols import get_protocol  # noqa: E402
-from udaseg.engine import save_checkpoint  # noqa: E402
-from udaseg.evaluate import eval_data, eval_loader, evaluate_checkpoint, figure_indices, run_evaluation  # noqa: E402
+from udaseg.checkpoint import save_checkpoint  # noqa: E402
+from udaseg.pipeline.evaluate import eval_data, eval_loader, evaluate_checkpoint, figure_indices, run_evaluation  # noqa: E402
 from udaseg.model import model_from_config, normalize  # noqa: E402
-from udaseg.stage1 import autocast  # noqa: E402
+from udaseg.model import autocast  # noqa: E402
 
 
 def size(text: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Benchmark `fit-gmm` on full-size (1280×760) SYNTHIA-format data; results go in docs/bench_gmm.md.
+"""Benchmark `fit-gmm` on full-size (1280×760) SYNTHIA-format data; results go in BENCHMARKS.md.
 
     .venv/bin/python bench/fit_gmm.py [--root /tmp/udaseg_bench_gmm] [--images 2000] [--small 500]
 
@@ -107,7 +107,7 @@ def generate(root: Path, n: int, distinct: int, seed: int = 0) -> None:
 def measure(args: argparse.Namespace) -> None:
     """One stage run in this (fresh) process; prints a JSON line."""
     from udaseg.config import load_config
-    from udaseg.fitgmm import run_fit_gmm
+    from udaseg.pipeline.fit_gmm import run_fit_gmm
 
     cfg = load_config(None, {
         "experiment.name": f"bench_{args.images}_{'fit' if args.fit else 'nofit'}",

@@ -1,7 +1,7 @@
 """Benchmark `udaseg synth`: images/s at the default size (2 workers, files written) and at full
 dataset resolution (1280x760 source, 2048x1024 target, one process).
 
-    .venv/bin/python bench/synth.py [--num 500] [--full 3] [--workers 2] [--write docs/bench_synth.md]
+    .venv/bin/python bench/synth.py [--num 500] [--full 3] [--workers 2] [--write bench_synth.md]
 
 Wall time depends on what else runs on the machine, so the CPU seconds of the generator
 (parent + workers) and the load average are reported too.

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from udaseg import stage1
 from udaseg.config import load_config
 from udaseg.data.protocols import get_protocol
 from udaseg.engine import DistEnv, poly_lr, set_lr
@@ -45,6 +44,8 @@ from udaseg.gmm import ClassGMM, DepthGMM, write_gmm
 from udaseg.grid import output_grid
 from udaseg.layout import RunLayout
 from udaseg.losses import weighted_cross_entropy
+from udaseg.model import autocast, upsample
+from udaseg.pipeline import train as stage1
 
 VARIANTS = ("seg_src", "seg_both", "m1", "m2")
 
@@ -88,9 +89,9 @@ class SegBothStep(stage1.Stage1Step):
         for name, it in (("seg", self.source_iter), ("seg_t", self.target_iter)):
             batch = next(it)
             x = self._inputs(batch)
-            with stage1.autocast(dev, t.amp):
+            with autocast(dev, t.amp):
                 out = p.model(x, heads=("seg",))
-            losses[name] = weighted_cross_entropy(stage1.upsample(out.seg, tuple(x.shape[-2:])), batch["label"],
+            losses[name] = weighted_cross_entropy(upsample(out.seg, tuple(x.shape[-2:])), batch["label"],
                                                   p.class_weights)
             losses[name].backward()
         p.optimizer.step()

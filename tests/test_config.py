@@ -78,3 +78,48 @@ def test_demo_recipes_keep_the_paper_method(demo, paper):
         assert getattr(d.pseudolabel, field) == getattr(p.pseudolabel, field), field
     assert (d.gmm.components, d.gmm.covariance, d.gmm.squash_scale, d.gmm.squash_max) == \
         (p.gmm.components, p.gmm.covariance, p.gmm.squash_scale, p.gmm.squash_max)
+
+
+def test_protocol_typo_is_one_line_naming_the_key():
+    with pytest.raises(ConfigError, match=r"experiment.protocol = 'cityscapes19': unknown class protocol; choose one of"):
+        load_config(None, ["experiment.protocol=cityscapes19"])
+
+
+def test_protocol_typo_through_the_cli_exits_1_without_traceback():
+    from typer.testing import CliRunner
+
+    from udaseg.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--set", "experiment.protocol=cityscapes19"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: experiment.protocol = 'cityscapes19'"), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.iterations=0", "train.iterations = 0: must be > 0"),
+    ("train.batch_size_source=-1", "train.batch_size_source = -1: must be > 0"),
+    ("gmm.components=0", "gmm.components = 0: must be ≥ 1"),
+    ("pseudolabel.conf_threshold=1.5", "pseudolabel.conf_threshold = 1.5: must be in [0, 1]"),
+    ("self_train.min_kept_fraction=-0.1", "self_train.min_kept_fraction = -0.1: must be in [0, 1]"),
+    ("data.source_size=[0, 10]", "data.source_size = (0, 10): must be positive (width, height)"),
+    ("train.momentum=1.0", "train.momentum = 1.0: must be in [0, 1)"),
+])
+def test_ranges_are_checked_when_the_recipe_loads(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == message
+
+
+def test_every_recipe_key_is_read_by_the_package():
+    """A key nothing reads is a setting that silently does nothing (model.output_stride did)."""
+    import dataclasses
+    import re
+
+    source = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "udaseg").rglob("*.py")
+                       if p.name != "config.py")
+    config = Config()
+    for section in dataclasses.fields(config):
+        for key in dataclasses.fields(getattr(config, section.name)):
+            assert re.search(rf"\.{key.name}\b", source), f"{section.name}.{key.name} is read nowhere"

@@ -16,7 +16,7 @@ from udaseg.config import load_config, to_toml
 from udaseg.data.pngio import read_rgb, write_png
 from udaseg.data.protocols import PROTOCOLS
 from udaseg.data.transforms import resize_nearest
-from udaseg.engine import save_checkpoint
+from udaseg.checkpoint import save_checkpoint
 from udaseg.metrics import iou_from_confusion, mean_iou
 from udaseg.model import SegDepthNet, SegDepthOutput, build_model, normalize
 from udaseg.model.preprocess import input_normalization
@@ -256,7 +256,7 @@ def test_compare_gives_mean_and_std_over_seeds(tmp_path):
     files = [_summary(tmp_path / f"s{i}" / "summary.json", f"m2_seed{i}", ious[i]) for i in range(3)]
     files.append(_summary(tmp_path / "other.json", "whatever", ious[3], label="M1"))
     out = tmp_path / "cmp.md"
-    result = cli("--compare", *map(str, files), "--compare-out", str(out))
+    result = runner.invoke(app, ["compare", *map(str, files), "--out", str(out)])
     assert result.exit_code == 0, result.output
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| m2 |"))
@@ -278,7 +278,7 @@ def test_compare_refuses_mixed_protocols(tmp_path):
     b = json.loads(a.read_text())
     b["protocol"] = "synthia2cityscapes7"
     (tmp_path / "b.json").write_text(json.dumps(b))
-    result = cli("--compare", str(a), str(tmp_path / "b.json"))
+    result = runner.invoke(app, ["compare", str(a), str(tmp_path / "b.json")])
     assert result.exit_code == 1 and "different protocols" in result.output
 
 

@@ -14,7 +14,7 @@ from scipy import stats
 from sklearn.mixture import GaussianMixture
 
 from udaseg.errors import UdasegError
-from udaseg.fitgmm import MIN_POINTS, PassResult, Reservoir, collect, fit_all
+from udaseg.pipeline.fit_gmm import MIN_POINTS, PassResult, Reservoir, collect, fit_all
 from udaseg.gmm import ClassGMM, DepthGMM, class_weights, expand_covariances, load_gmm, write_gmm
 
 GRID = (7, 5)  # (width, height) of a tiny output grid
@@ -249,7 +249,7 @@ def test_fit_matches_sklearn_and_falls_back_with_warnings():
 
 
 def test_two_stage_fit_recovers_a_known_mixture(monkeypatch):
-    import udaseg.fitgmm as fg
+    import udaseg.pipeline.fit_gmm as fg
 
     monkeypatch.setattr(fg, "INIT_POINTS", 300)  # force the subsample-init + warm-started EM path
     rng = np.random.default_rng(8)
@@ -347,7 +347,7 @@ def test_gmm_file_errors(tmp_path):
 def test_write_plots(tmp_path):
     from PIL import Image
 
-    from udaseg.fitgmm import write_plots
+    from udaseg.pipeline.fit_gmm import write_plots
 
     model, _ = _random_model("diag", num_classes=2)
     model.class_names = ("road", "traffic light")

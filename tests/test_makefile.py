@@ -21,7 +21,7 @@ def test_ablation_runs_every_setting_with_one_recipe(recipe):
     lines = dry_run("ablation", "SEEDS=0 1", f"RECIPE={recipe}")
     runs = f"/tmp/udaseg-dry/ablation/{recipe}"
     assert all(f"--config stages/{recipe}.toml" in line and f"--runs-root {runs}" in line
-               for line in lines if " --compare " not in line and "udaseg synth " not in line)
+               for line in lines if "udaseg compare " not in line and "udaseg synth " not in line)
     for seed in (0, 1):
         for setting in ("source_only", "m1", "m2", "oracle"):
             assert any("train " in l and f"experiment.name={setting}_s{seed} " in l and f"--ablation {setting}" in l
@@ -32,9 +32,9 @@ def test_ablation_runs_every_setting_with_one_recipe(recipe):
                        and l.endswith(f"--checkpoint {m2} {flag}") for l in lines), setting
             assert any("self-train " in l and f"experiment.name={setting}_s{seed} " in l and f"--checkpoint {m2}" in l
                        for l in lines), setting
-    compare = [l for l in lines if " --compare " in l]
+    compare = [l for l in lines if "udaseg compare " in l]
     assert len(compare) == 1 and compare[0].count("summary.json") == 12
-    assert compare[0].endswith(f"--compare-out {runs}/table.md")
+    assert compare[0].endswith(f"--out {runs}/table.md")
 
 
 def test_demo_chains_every_stage_in_order():

@@ -323,3 +323,26 @@ def test_normalize_matches_numpy() -> None:
     assert input_normalization("deeplabv2_resnet101").channel_order == (2, 1, 0)
     with pytest.raises(ValueError, match="unknown backbone"):
         normalize(t, "vgg16")
+
+
+def test_untrainable_init_is_refused_at_start_naming_the_cause() -> None:
+    """Random ResNet-101 weights with frozen identity BN statistics explode (~1e7 at layer4)."""
+    from udaseg.config import load_config
+    from udaseg.errors import UdasegError
+    from udaseg.model import model_from_config
+    from udaseg.model.health import MAX_FEATURE, check_trainable, probe_features
+
+    cfg = load_config(None, ["model.init_weights="])
+    torch.manual_seed(0)
+    model = model_from_config(cfg.model, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert probe_features(model, cfg.model.backbone, torch.device("cpu")) > 1e6
+    with pytest.raises(UdasegError, match=r"model.backbone=deeplabv2_resnet101 with model.init_weights='' \(random\).*cannot train"):
+        check_trainable(model, cfg, torch.device("cpu"))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the probe leaves no trace (BN buffers)
+    # a light backbone from scratch trains its BN statistics: accepted
+    light = load_config(None, ["model.backbone=light_resnet18", "model.init_weights=", "model.light_width=8"])
+    small = model_from_config(light.model, 16)
+    assert probe_features(small, "light_resnet18", torch.device("cpu")) < MAX_FEATURE
+    check_trainable(small, light, torch.device("cpu"))

@@ -11,17 +11,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import udaseg.pseudolabel as pseudolabel_mod
-import udaseg.stage2 as stage2
+import udaseg.pipeline.pseudolabel as pseudolabel_mod
+import udaseg.pipeline.self_train as stage2
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.build import target_dataset
-from udaseg.engine import CHECKPOINT_LATEST, DistEnv, load_checkpoint, read_log
+from udaseg.checkpoint import load_checkpoint
+from udaseg.engine import DistEnv, read_log
+from udaseg.layout import CHECKPOINT_LATEST
 from udaseg.errors import DataError, UdasegError
-from udaseg.fitgmm import run_fit_gmm
-from udaseg.pseudolabel import run_pseudolabel
-from udaseg.stage1 import train_stage1
-from udaseg.stage2 import self_train
+from udaseg.pipeline.fit_gmm import run_fit_gmm
+from udaseg.pipeline.pseudolabel import run_pseudolabel
+from udaseg.pipeline.train import run_train
+from udaseg.pipeline.self_train import run_self_train
 from udaseg.synth import SynthConfig, generate
 
 SIZE = (64, 40)
@@ -54,7 +56,7 @@ def bench(tmp_path_factory):
     torch.set_num_threads(1)
     config = load_config(None, overrides())
     run_fit_gmm(config, root / "data", root / "runs", plots=False)
-    train_stage1(config, CPU, root / "data", root / "runs", progress=False)
+    run_train(config, CPU, root / "data", root / "runs", progress=False)
     torch.set_num_threads(threads)
     return root
 
@@ -122,24 +124,41 @@ def test_pseudolabel_command_continue_and_refusal(bench, tmp_path):
 def test_self_train_without_pseudo_labels_is_a_clear_error(bench, tmp_path):
     runs = fresh_runs(bench, tmp_path)
     with pytest.raises(DataError, match="udaseg pseudolabel"):
-        self_train(load_config(None, overrides()), CPU, None, bench / "data", runs, progress=False)
+        run_self_train(load_config(None, overrides()), CPU, None, bench / "data", runs, progress=False)
 
 
-def _with_pseudo_labels(bench, tmp_path, name):
+def _with_pseudo_labels(bench, tmp_path, name, conf_threshold=0.0):
+    """Pseudo-labels of the 1-iteration model; it is confident nowhere, so keep every pixel by default."""
     runs = tmp_path / name
     import shutil
 
-    shutil.copytree(bench / "runs", runs, ignore=shutil.ignore_patterns("self_train"))
-    config = load_config(None, overrides())
-    if not (runs / "tiny/pseudo/labels").is_dir():
-        run_pseudolabel(config, CPU, runs / "tiny/train/checkpoint_final.pt", bench / "data", runs, progress=False)
+    shutil.copytree(bench / "runs", runs, ignore=shutil.ignore_patterns("self_train", "pseudo"))
+    config = load_config(None, overrides(**{"pseudolabel.conf_threshold": conf_threshold}))
+    run_pseudolabel(config, CPU, runs / "tiny/train/checkpoint_final.pt", bench / "data", runs, progress=False)
     return config, runs
+
+
+def test_self_train_refuses_pseudo_labels_that_keep_nothing(bench, tmp_path):
+    config, runs = _with_pseudo_labels(bench, tmp_path, "empty", conf_threshold=1.0)
+    stats = json.loads((runs / "tiny/pseudo/stats.json").read_text())
+    assert stats["kept_fraction"] < 0.005
+    with pytest.raises(UdasegError, match="min_kept_fraction"):
+        run_self_train(config, CPU, None, bench / "data", runs, progress=False)
+    assert not (runs / "tiny/self_train").exists()  # refused before anything was written
+    # without stats.json (labels from elsewhere) the files themselves are counted
+    (runs / "tiny/pseudo/stats.json").unlink()
+    with pytest.raises(UdasegError, match=r"keep 0\.00% of the target pixels"):
+        run_self_train(config, CPU, None, bench / "data", runs, progress=False)
+    # the documented override trains anyway
+    forced = config.with_overrides({"self_train.min_kept_fraction": 0.0, "self_train.iterations": 1})
+    run_self_train(forced, CPU, None, bench / "data", runs, progress=False)
+    assert read_log(runs / "tiny/self_train/log.jsonl")[-1]["seg_pseudo"] == 0.0
 
 
 def test_self_train_resumes_exactly(bench, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     config, runs_a = _with_pseudo_labels(bench, tmp_path, "a")
-    self_train(config, CPU, None, bench / "data", runs_a, progress=False)
+    run_self_train(config, CPU, None, bench / "data", runs_a, progress=False)
     _, runs_b = _with_pseudo_labels(bench, tmp_path, "b")
     real_step = stage2.SelfTrainStep.__call__
 
@@ -151,10 +170,10 @@ def test_self_train_resumes_exactly(bench, tmp_path, monkeypatch):
 
     monkeypatch.setattr(stage2.SelfTrainStep, "__call__", step_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        self_train(config, CPU, None, bench / "data", runs_b, progress=False)
+        run_self_train(config, CPU, None, bench / "data", runs_b, progress=False)
     assert load_checkpoint(runs_b / "tiny/self_train" / CHECKPOINT_LATEST)["iteration"] == 1
     monkeypatch.setattr(stage2.SelfTrainStep, "__call__", real_step)
-    self_train(config, CPU, None, bench / "data", runs_b, resume=True, progress=False)
+    run_self_train(config, CPU, None, bench / "data", runs_b, resume=True, progress=False)
     a = load_checkpoint(runs_a / "tiny/self_train/checkpoint_final.pt")
     b = load_checkpoint(runs_b / "tiny/self_train/checkpoint_final.pt")
     assert a["iteration"] == b["iteration"] == 4
@@ -170,7 +189,7 @@ def test_self_train_resumes_exactly(bench, tmp_path, monkeypatch):
 def test_self_train_keeps_source_losses_when_asked(bench, tmp_path):
     config, runs = _with_pseudo_labels(bench, tmp_path, "c")
     config = config.with_overrides({"self_train.keep_source_loss": True, "self_train.iterations": 1})
-    self_train(config, CPU, None, bench / "data", runs, progress=False)
+    run_self_train(config, CPU, None, bench / "data", runs, progress=False)
     record = read_log(runs / "tiny/self_train/log.jsonl")[-1]
     assert {"seg_pseudo", "seg_source", "depth"} <= set(record)
     assert all(np.isfinite(record[k]) for k in ("seg_pseudo", "seg_source", "depth"))
@@ -180,4 +199,4 @@ def test_stage1_checkpoint_of_other_widths_is_refused(bench, tmp_path):
     config, runs = _with_pseudo_labels(bench, tmp_path, "d")
     wider = config.with_overrides({"model.head_channels": 32})
     with pytest.raises(UdasegError, match="head_channels"):
-        self_train(wider, CPU, None, bench / "data", runs, progress=False)
+        run_self_train(wider, CPU, None, bench / "data", runs, progress=False)

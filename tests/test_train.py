@@ -22,16 +22,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import udaseg.stage1 as stage1
+import udaseg.pipeline.train as stage1
 from fakedata import write_cityscapes, write_synthia
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.pngio import write_png
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, CheckpointError, DistEnv, NonFiniteLoss,
-                           ResumableSampler, load_checkpoint, read_log)
+from udaseg.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from udaseg.engine import DistEnv, NonFiniteLoss, ResumableSampler, read_log
+from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE
 from udaseg.errors import UdasegError
-from udaseg.fitgmm import run_fit_gmm
+from udaseg.pipeline.fit_gmm import run_fit_gmm
 from udaseg.layout import RunLayout
 
 SIZE = (64, 40)
@@ -122,7 +123,7 @@ def runs(tmp_path, gmm_file) -> Path:
 
 
 def train(cfg, data: Path, runs: Path, resume: bool = False) -> Path:
-    return stage1.train_stage1(cfg, DistEnv(), data, runs, resume=resume, progress=False, workers=0)
+    return stage1.run_train(cfg, DistEnv(), data, runs, resume=resume, progress=False, workers=0)
 
 
 def train_dir(runs: Path) -> Path:
@@ -307,8 +308,9 @@ def test_nan_loss_through_the_cli(data, runs, monkeypatch):
     args = ["train", "--data-root", str(data), "--runs-root", str(runs), *cli_args(train__checkpoint_every=2)]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    # stderr holds the progress bar's last state, then exactly one error line
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and result.stderr.rstrip().splitlines()[-1] == lines[0], result.stderr
     assert "loss depth became nan at iteration 3" in lines[0] and "--continue" in lines[0]
     assert "Traceback" not in result.output
 
@@ -358,11 +360,11 @@ def test_continue_from_a_truncated_checkpoint_through_the_cli(m2_run, data, runs
 def test_checkpoint_of_another_class_count_or_backbone_is_refused(m2_run):
     path = train_dir(m2_run) / CHECKPOINT_FINAL
     state = load_checkpoint(path)
-    stage1.check_compatible(state, config(), path)  # its own recipe: fine
+    check_compatible(state, config(), path)  # its own recipe: fine
     with pytest.raises(UdasegError, match=r"checkpoint has 16 classes .* wants 7 \(synthia2cityscapes7\)"):
-        stage1.check_compatible(state, config(experiment__protocol="synthia2cityscapes7"), path)
+        check_compatible(state, config(experiment__protocol="synthia2cityscapes7"), path)
     with pytest.raises(UdasegError, match="deeplabv2_resnet101"):
-        stage1.check_compatible(state, config(model__backbone="deeplabv2_resnet101"), path)
+        check_compatible(state, config(model__backbone="deeplabv2_resnet101"), path)
 
 
 # ----------------------------------------------------------------------------- 6. wrong starts

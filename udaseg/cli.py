@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from udaseg.commands import check_data, evaluate, fit_gmm, pseudolabel, self_train, synth, train
+from udaseg.commands import check_data, compare, evaluate, fit_gmm, pseudolabel, self_train, synth, train
 
 app = typer.Typer(
     name="udaseg",
     help=(
         "Depth-aware unsupervised domain adaptation for semantic segmentation.\n\n"
-        "Pipeline: synth | check-data -> fit-gmm -> train -> pseudolabel --refine -> self-train -> eval"
+        "Pipeline: synth | check-data -> fit-gmm -> train -> pseudolabel --refine -> self-train -> eval -> compare"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -24,6 +24,7 @@ app.command("train")(train.train)
 app.command("pseudolabel")(pseudolabel.pseudolabel)
 app.command("self-train")(self_train.self_train)
 app.command("eval")(evaluate.evaluate)
+app.command("compare")(compare.compare)
 
 if __name__ == "__main__":
     app()

@@ -50,7 +50,6 @@ class DataConfig:
 class ModelConfig:
     backbone: Literal["deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18"] = "deeplabv2_resnet101"
     init_weights: str = ""  # a local file; nothing is downloaded
-    output_stride: int = 8
     light_width: int = 64  # base width of light_resnet18 (64 = ResNet-18)
     head_channels: int = 512  # hidden width of the depth and density heads (the paper's 512)
 
@@ -69,7 +68,7 @@ class GMMConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # paper Table 3: m1 = seg + depth (F̂ = entropy), m2 = + density (the full stage 1);
+    # paper Table 3: m1 = seg + depth (F̂ = entropy), m2 = + density (the paper's full stage 1);
     # source_only = weighted CE on the source alone; oracle = CE on the target's own labels
     # (an upper bound where the target is labelled). M3 / M4 are pseudolabel without / with refine.
     ablation: Literal["source_only", "m1", "m2", "oracle"] = "m2"
@@ -111,6 +110,9 @@ class SelfTrainConfig:
     iterations: int = 30_000
     batch_size: int = 1
     keep_source_loss: bool = False
+    # refuse to start when the pseudo-labels keep less than this fraction of the target pixels
+    # (a train checkpoint that is confident nowhere would train on an all-ignore loss of 0)
+    min_kept_fraction: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,69 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
         kwargs[name] = _section_from_dict(hints[name], values, name)
-    return Config(**kwargs)
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def _positive_size(v) -> bool:
+    return all(x > 0 for x in v)
+
+
+# (dotted key, check, what it must be): checked when a recipe is loaded, so a bad value stops
+# the run before any data is read
+RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("experiment.seed", lambda v: v >= 0, "≥ 0"),
+    ("data.source_size", _positive_size, "positive (width, height)"),
+    ("data.target_size", _positive_size, "positive (width, height)"),
+    ("data.num_workers", lambda v: v >= 0, "≥ 0"),
+    ("model.light_width", lambda v: v > 0, "> 0"),
+    ("model.head_channels", lambda v: v > 0, "> 0"),
+    ("gmm.components", lambda v: v >= 1, "≥ 1"),
+    ("gmm.max_components", lambda v: v >= 1, "≥ 1"),
+    ("gmm.points_per_class", lambda v: v > 0, "> 0"),
+    ("gmm.squash_scale", lambda v: v > 0, "> 0"),
+    ("gmm.squash_max", lambda v: v > 0, "> 0"),
+    ("gmm.max_images", lambda v: v >= 0, "≥ 0 (0 = all)"),
+    ("train.iterations", lambda v: v > 0, "> 0"),
+    ("train.batch_size_source", lambda v: v > 0, "> 0"),
+    ("train.batch_size_target", lambda v: v > 0, "> 0"),
+    ("train.lr", lambda v: v > 0, "> 0"),
+    ("train.lr_disc", lambda v: v > 0, "> 0"),
+    ("train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, "≥ 0"),
+    ("train.power", lambda v: v >= 0, "≥ 0"),
+    ("train.disc_width", lambda v: v > 0, "> 0"),
+    ("train.disc_betas", lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
+    ("train.checkpoint_every", lambda v: v > 0, "> 0"),
+    ("train.log_every", lambda v: v > 0, "> 0"),
+    ("pseudolabel.conf_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("pseudolabel.n_b0", lambda v: v >= 0, "≥ 0"),
+    ("pseudolabel.n_b1", lambda v: v >= 0, "≥ 0"),
+    ("pseudolabel.thresholds_size", _positive_size, "positive (width, height)"),
+    ("pseudolabel.refine_size", _positive_size, "positive (width, height)"),
+    ("pseudolabel.batch_size", lambda v: v > 0, "> 0"),
+    ("self_train.iterations", lambda v: v > 0, "> 0"),
+    ("self_train.batch_size", lambda v: v > 0, "> 0"),
+    ("self_train.min_kept_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("eval.batch_size", lambda v: v > 0, "> 0"),
+    ("eval.num_figure_samples", lambda v: v >= 0, "≥ 0"),
+)
+
+
+def validate(config: Config) -> None:
+    """Ranges and the class protocol, each a one-line ConfigError naming the key."""
+    from udaseg.data.protocols import PROTOCOLS  # data imports nothing of config; keep it lazy anyway
+
+    for dotted, ok, what in RANGES:
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if not ok(value):
+            raise ConfigError(f"{dotted} = {value!r}: must be {what}")
+    protocol = config.experiment.protocol
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"experiment.protocol = {protocol!r}: unknown class protocol; "
+                          f"choose one of {', '.join(sorted(PROTOCOLS))}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -22,22 +22,21 @@ from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 from torch.utils.data import Sampler
 
+from udaseg.checkpoint import check_compatible, checkpoint_dict, load_checkpoint, save_checkpoint
+from udaseg.config import Config, TrainConfig
+from udaseg.data.build import make_loader
 from udaseg.errors import UdasegError
-
-CHECKPOINT_LATEST = "checkpoint_latest.pt"
-CHECKPOINT_FINAL = "checkpoint_final.pt"
-LOG_FILE = "log.jsonl"
+from udaseg.gmm import DepthGMM
+from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
+from udaseg.model import channels_last, model_from_config
+from udaseg.progress import progress_bar
 
 
 class NonFiniteLoss(UdasegError):
     """A loss became NaN or infinite; the run stops without saving the broken weights."""
-
-
-class CheckpointError(UdasegError):
-    """A checkpoint that is missing, truncated or not a udaseg checkpoint."""
 
 
 # ----------------------------------------------------------------------------- devices, DDP
@@ -158,36 +157,84 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load with `weights_only=True`; anything unreadable is a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; check the path or run the stage that writes it")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, pickled objects, random bytes...
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable udaseg checkpoint ({first}); delete it and use an earlier one or re-run") from None
-    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-        raise CheckpointError(f"{path}: not a udaseg checkpoint (no model weights / iteration in it)")
-    return state
-
-
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if hasattr(module, "module") else module
+
+
+# ----------------------------------------------------------------------------- set-up shared by train and self-train
+
+
+@dataclass
+class TrainParts:
+    """Everything a training stage optimises or reads, built once from a recipe."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    disc: nn.Module | None = None
+    optimizer_disc: torch.optim.Optimizer | None = None
+    gmm: DepthGMM | None = None
+    class_weights: torch.Tensor | None = None
+
+
+def build_network(config: Config, num_classes: int, env: DistEnv, init_weights: Path | None = None) -> nn.Module:
+    """The recipe's SegDepthNet on the training device (channels-last on CUDA)."""
+    model = model_from_config(config.model, num_classes, init_weights).to(env.device)
+    return channels_last(model, env.device)
+
+
+def build_sgd(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay over the model's parameter groups."""
+    return torch.optim.SGD(unwrap(model).param_groups(t.lr), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def wrap_ddp(module: nn.Module, env: DistEnv, find_unused: bool = False) -> nn.Module:
+    """DistributedDataParallel under torchrun; the module itself otherwise."""
+    if not env.distributed:
+        return module
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def sampled_batches(dataset, batch_size: int, workers: int, seed: int, start_iteration: int, env: DistEnv):
+    """An endless iterator of batches that a resumed run replays exactly from `start_iteration`."""
+    sampler = ResumableSampler(len(dataset), seed, start_iteration * batch_size, env.rank, env.world_size)
+    return iter(make_loader(dataset, batch_size, workers, drop_last=True, sampler=sampler))
+
+
+def training_state(config: Config, parts: TrainParts, iteration: int, stage: str) -> dict:
+    """The checkpoint of a training stage: weights, optimizers and RNG, enough to resume exactly."""
+    extra = {"optimizer": parts.optimizer.state_dict(), "rng": rng_state()}
+    if parts.disc is not None:
+        extra["disc"] = unwrap(parts.disc).state_dict()
+        extra["optimizer_disc"] = parts.optimizer_disc.state_dict()
+    return checkpoint_dict(config, stage, iteration, unwrap(parts.model), **extra)
+
+
+def restore(parts: TrainParts, state: dict) -> None:
+    unwrap(parts.model).load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.disc is not None:
+        if "disc" not in state:
+            raise UdasegError("the checkpoint has no discriminator (a source-only run); continue it with the same ablation")
+        unwrap(parts.disc).load_state_dict(state["disc"])
+        parts.optimizer_disc.load_state_dict(state["optimizer_disc"])
+    set_rng_state(state["rng"])
+
+
+def resume_or_refuse(folder: TrainDir, config: Config, parts: TrainParts, env: DistEnv, resume: bool) -> dict | None:
+    """--continue: load `checkpoint_latest.pt` into `parts` and return it. A fresh run never
+    overwrites another run's checkpoints: it is refused, naming the folder."""
+    if not resume:
+        if folder.has_checkpoints():
+            raise UdasegError(f"{folder.path}: already holds checkpoints; pass --continue to resume, "
+                              "or remove the folder to start over")
+        return None
+    if not folder.latest.is_file():
+        raise UdasegError(f"{folder.latest}: nothing to continue; run without --continue to start")
+    state = load_checkpoint(folder.latest, map_location=env.device)
+    check_compatible(state, config, folder.latest)
+    restore(parts, state)
+    return state
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -249,9 +296,7 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
     if env.is_main:
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, spec.start_iteration)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    progress = Progress(*columns, disable=not (spec.progress and env.is_main), transient=False)
+    progress = progress_bar(spec.progress and env.is_main)
     iteration = spec.start_iteration
     last_saved = spec.start_iteration
     tick, tick_iteration = time.perf_counter(), iteration
@@ -266,7 +311,7 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
         barrier(env)
 
     with _StopFlag() as stop, progress:
-        task = progress.add_task(spec.description, total=spec.total_iterations, completed=iteration, losses="")
+        task = progress.add_task(spec.description, total=spec.total_iterations, completed=iteration, info="")
         while iteration < spec.total_iterations:
             losses = spec.step(iteration)
             names = list(losses)
@@ -288,7 +333,7 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 shown = " ".join(f"{k}={v:.3g}" for k, v in zip(names, values))
-                progress.update(task, completed=iteration, losses=shown)
+                progress.update(task, completed=iteration, info=shown)
             else:
                 progress.update(task, completed=iteration)
             if stop.set:

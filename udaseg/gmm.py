@@ -1,6 +1,6 @@
 """Per-class depth GMMs: the `gmm.h5` file and the vectorised density used during training.
 
-The method (DESIGN.md §5) fits one Gaussian mixture per class over X = (column, row, inverse
+The method fits one Gaussian mixture per class over X = (column, row, inverse
 depth) on the model's output grid. Training needs, for whole batches, the plain mixture pdf
 p_c(X) = Σ_k π_k Π_h N(X_h | μ_kh, σ²_kh) of each pixel under the GMM of its (predicted)
 class, squashed to 255·(1 − exp(−scale·p)). The authors evaluate this pixel by pixel through
@@ -14,7 +14,7 @@ exponentiated at the end. This keeps the pdf equal to scikit-learn's `score_samp
 ~1e-12 relative whatever the input dtype, and the squash uses `expm1` so neither end of its
 range loses precision.
 
-File schema: see `docs/gmm_schema.md` (the constants below are its single source of truth).
+File schema: see the README section "gmm.h5" (the constants below are its single source of truth).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Fixed artifact names: where each stage writes, so the next stage (and a person) finds it.
+"""Every artifact name, in one place: where each stage writes, so the next stage (and a person)
+finds it. Stages ask this module for paths; they never spell a file name themselves.
 
     $UDASEG_RUNS/<experiment.name>/
         gmm/gmm.h5              per-class depth GMMs + source class statistics   (fit-gmm)
@@ -8,8 +9,9 @@
         pseudo/color/<id>.png, pseudo/stats.json
         self_train/checkpoint_latest.pt, checkpoint_final.pt, log.jsonl          (self-train)
         eval/summary.json, report.md, confusion.png, samples.png                 (eval)
+        eval/stage1/...         the train checkpoint of a run that has self-trained
 
-Each stage also writes its fully resolved recipe as `config.toml` in its folder.
+Each stage also writes its fully resolved recipe as `config.toml` in its folder (atomically).
 """
 
 from __future__ import annotations
@@ -17,7 +19,57 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from udaseg.config import Config, runs_root
+from udaseg.config import Config, runs_root, to_toml
+from udaseg.data.pngio import atomic_write_bytes
+
+GMM_FILE = "gmm.h5"
+GMM_PLOTS = "plots"
+CONFIG_FILE = "config.toml"
+CHECKPOINT_LATEST = "checkpoint_latest.pt"
+CHECKPOINT_FINAL = "checkpoint_final.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+LOG_FILE = "log.jsonl"
+PROGRESS_PLOT = "progress.png"
+PSEUDO_LABELS = "labels"
+PSEUDO_COLOR = "color"
+STATS_FILE = "stats.json"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+STAGE1_EVAL = "stage1"
+
+
+@dataclass(frozen=True)
+class TrainDir:
+    """A training stage's folder (train/ or self_train/) and the files the loop keeps in it."""
+
+    path: Path
+
+    @property
+    def latest(self) -> Path:
+        return self.path / CHECKPOINT_LATEST
+
+    @property
+    def final(self) -> Path:
+        return self.path / CHECKPOINT_FINAL
+
+    @property
+    def best(self) -> Path:
+        return self.path / CHECKPOINT_BEST
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_FILE
+
+    @property
+    def progress_plot(self) -> Path:
+        return self.path / PROGRESS_PLOT
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def has_checkpoints(self) -> bool:
+        return self.latest.is_file() or self.final.is_file()
 
 
 @dataclass(frozen=True)
@@ -34,11 +86,27 @@ class RunLayout:
 
     @property
     def gmm_file(self) -> Path:
-        return self.gmm_dir / "gmm.h5"
+        return self.gmm_dir / GMM_FILE
+
+    @property
+    def gmm_plots_dir(self) -> Path:
+        return self.gmm_dir / GMM_PLOTS
+
+    @property
+    def train(self) -> TrainDir:
+        return TrainDir(self.root / "train")
+
+    @property
+    def self_train(self) -> TrainDir:
+        return TrainDir(self.root / "self_train")
 
     @property
     def train_dir(self) -> Path:
-        return self.root / "train"
+        return self.train.path
+
+    @property
+    def self_train_dir(self) -> Path:
+        return self.self_train.path
 
     @property
     def pseudo_dir(self) -> Path:
@@ -46,12 +114,31 @@ class RunLayout:
 
     @property
     def pseudo_labels_dir(self) -> Path:
-        return self.pseudo_dir / "labels"
+        return self.pseudo_dir / PSEUDO_LABELS
 
     @property
-    def self_train_dir(self) -> Path:
-        return self.root / "self_train"
+    def pseudo_color_dir(self) -> Path:
+        return self.pseudo_dir / PSEUDO_COLOR
+
+    @property
+    def pseudo_stats(self) -> Path:
+        return self.pseudo_dir / STATS_FILE
 
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    def eval_dir_for(self, checkpoint: Path, name: str | None = None) -> tuple[Path, str | None]:
+        """eval/ for the run's last model; eval/<name>/ when named. A train checkpoint of a run that
+        has self-trained goes to eval/stage1/, so it never overwrites the self-trained model's report."""
+        if name is None and self.self_train.final.is_file() and \
+                Path(checkpoint).absolute().parent == self.train_dir.absolute():
+            name = STAGE1_EVAL
+        return (self.eval_dir / name if name else self.eval_dir), name
+
+
+def write_config(folder: Path, config: Config) -> Path:
+    """The fully resolved recipe as `folder/config.toml`, written atomically."""
+    path = Path(folder) / CONFIG_FILE
+    atomic_write_bytes(path, to_toml(config).encode())
+    return path

@@ -1,4 +1,4 @@
-"""Losses of the method (DESIGN §5): berHu, weighted cross-entropy, entropy map, adversarial BCE."""
+"""Losses of the method: berHu, weighted cross-entropy, entropy map, adversarial BCE."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from udaseg.data.protocols import IGNORE
 
 SOURCE_LABEL = 0.0
 TARGET_LABEL = 1.0
@@ -37,7 +39,7 @@ def berhu(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = 
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-                           ignore_index: int = 255) -> torch.Tensor:
+                           ignore_index: int = IGNORE) -> torch.Tensor:
     """Class-weighted CE over [B, C, H, W] logits and [B, H, W] labels, `ignore_index` skipped.
 
     Weighted mean Σ w_y·nll / Σ w_y over valid pixels (PyTorch's definition, as in ADVENT);

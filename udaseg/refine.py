@@ -1,4 +1,4 @@
-"""Spatial-prior refinement of pseudo-labels (DESIGN.md §5, Algorithm 1 of the slides).
+"""Spatial-prior refinement of pseudo-labels (Algorithm 1 of the paper's slides).
 
 A pixel keeps its pseudo-label iff its confidence is at least ``conf_threshold`` and the
 connected region of confident pixels of the same class around it (within one image) has at
@@ -25,9 +25,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from udaseg.data.protocols import IGNORE
 from udaseg.errors import UdasegError
 
-IGNORE = 255
 PAPER_SIZE = (1280, 760)  # (width, height) at which the paper's thresholds are pixel counts
 
 Backend = Literal["auto", "torch", "triton"]

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
-from rich.console import Console
 
 from udaseg.config import Config, ConfigError, load_config
 from udaseg.errors import UdasegError
-
-console = Console(stderr=True)
+from udaseg.progress import console
 
 ConfigOption = Annotated[
     Optional[Path],
@@ -62,9 +61,22 @@ def user_errors(func: Callable) -> Callable:
     return wrapper
 
 
+@contextlib.contextmanager
+def distributed(device: str | None):
+    """The process group of a torchrun launch (or one local process), torn down on exit."""
+    from udaseg.engine import cleanup_distributed, setup_distributed
+
+    env = setup_distributed(device)
+    try:
+        yield env
+    finally:
+        cleanup_distributed()
+
+
+def recipe_hint(config: Path | None) -> str:
+    """` --config R` for the next-step hint, when the user gave a recipe."""
+    return f" --config {config}" if config else ""
+
+
 def next_step(command: str) -> None:
     console.print(f"[bold green]next:[/] {command}", highlight=False, soft_wrap=True)
-
-
-def not_yet_available(stage: str) -> None:
-    fail(f"`udaseg {stage}` is not yet available in this version of udaseg", code=2)

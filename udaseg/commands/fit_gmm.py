@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step,
+from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step, recipe_hint,
                                     resolve_config, user_errors)
-from udaseg.errors import UdasegError
 
 
 @user_errors
@@ -29,8 +28,7 @@ def fit_gmm(
     """Fit the per-class depth GMMs over (column, row, inverse depth) on the source set and write gmm.h5."""
     import warnings
 
-    from udaseg.data.protocols import get_protocol
-    from udaseg.fitgmm import run_fit_gmm
+    from udaseg.pipeline.fit_gmm import run_fit_gmm
 
     overrides = list(set_ or [])
     for key, value in (("points_per_class", points_per_class), ("components", components),
@@ -40,12 +38,6 @@ def fit_gmm(
     if covariance is not None:
         overrides.append(f'gmm.covariance="{covariance}"')
     cfg = resolve_config(config, overrides)
-    if cfg.gmm.points_per_class < 1 or cfg.gmm.components < 1:
-        raise UdasegError("gmm.points_per_class and gmm.components must be at least 1")
-    try:
-        get_protocol(cfg.experiment.protocol)
-    except ValueError as err:
-        raise UdasegError(f"experiment.protocol: {err}") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots)
@@ -73,5 +65,4 @@ def fit_gmm(
     console.print(f"fitting: {report.fit_seconds:.1f} s; wrote {report.gmm_file}"
                   + (f" and {len(report.plots)} plots in {report.plots[0].parent}" if report.plots else ""),
                   highlight=False, soft_wrap=True)
-    recipe = f" --config {config}" if config else ""
-    next_step(f"udaseg train{recipe}")
+    next_step(f"udaseg train{recipe_hint(config)}")

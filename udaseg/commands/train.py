@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, next_step, resolve_config, user_errors)
+                                    WorkersOption, console, distributed, next_step, recipe_hint, resolve_config,
+                                    user_errors)
 
 
 @user_errors
@@ -17,19 +18,18 @@ def train(
     data_root: DataRootOption = None,
     runs_root: RunsRootOption = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Resume from train/checkpoint_latest.pt.")] = False,
-    ablation: Annotated[Optional[str], typer.Option(help="source_only | m1 | m2 (overrides train.ablation).")] = None,
+    ablation: Annotated[Optional[str], typer.Option(help="source_only | m1 | m2 | oracle (overrides train.ablation).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Overrides train.iterations.")] = None,
     device: DeviceOption = None,
     workers: WorkersOption = None,
 ) -> None:
-    """Stage 1: source segmentation + depth + density, adversarial alignment of entropy x density maps.
+    """The paper's stage 1: source segmentation + depth + density, adversarial alignment of entropy x density maps.
 
     Writes train/checkpoint_latest.pt every train.checkpoint_every iterations, train/checkpoint_final.pt at
     the end, log.jsonl and progress.png. Ctrl-C saves a checkpoint first; --continue resumes exactly.
     Several GPUs: torchrun --nproc_per_node=N -m udaseg train --config ...
     """
-    from udaseg.engine import cleanup_distributed, setup_distributed
-    from udaseg.stage1 import train_stage1
+    from udaseg.pipeline.train import run_train
 
     overrides = list(set_ or [])
     if ablation is not None:
@@ -37,12 +37,8 @@ def train(
     if iterations is not None:
         overrides.append(f"train.iterations={iterations}")
     cfg = resolve_config(config, overrides)
-    env = setup_distributed(device)
-    try:
-        final = train_stage1(cfg, env, data_root, runs_root, resume=continue_, workers=workers)
-    finally:
-        cleanup_distributed()
+    with distributed(device) as env:
+        final = run_train(cfg, env, data_root, runs_root, resume=continue_, workers=workers)
     if env.is_main:
-        console.print(f"stage 1 done: {final}")
-        recipe = f" --config {config}" if config else ""
-        next_step(f"udaseg pseudolabel{recipe} --checkpoint {final} --refine")
+        console.print(f"train done: {final}")
+        next_step(f"udaseg pseudolabel{recipe_hint(config)} --checkpoint {final} --refine")

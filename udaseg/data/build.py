@@ -23,10 +23,13 @@ def target_root(config: Config, root: str | Path | None = None) -> Path:
     return resolve_under(data_root(root, config.data.root), config.data.target_root)
 
 
-def source_dataset(config: Config, root: str | Path | None = None, **kwargs) -> SynthiaDataset:
-    """The labelled source set at the recipe's source size (kwargs pass through)."""
+def source_dataset(config: Config, root: str | Path | None = None, **kwargs) -> Dataset:
+    """The labelled source set (with depth) at the recipe's source size (kwargs pass through)."""
     kwargs.setdefault("size", config.data.source_size)
-    return SynthiaDataset(source_root(config, root), get_protocol(config.experiment.protocol), **kwargs)
+    fmt = config.data.source_format
+    if fmt == "synthia":
+        return SynthiaDataset(source_root(config, root), get_protocol(config.experiment.protocol), **kwargs)
+    raise ValueError(f"unknown data.source_format {fmt!r}")  # the config schema lists the formats
 
 
 def target_dataset(config: Config, split: str, root: str | Path | None = None, labels: bool = False,

@@ -1,20 +1,28 @@
 """`udaseg check-data`: is every dataset a recipe names where it should be, in the right format?
 
-It lists each dataset's files, counts them per split, then opens a sample of them and checks
-what a training run would otherwise trip over hours in: sizes that disagree within a sample,
+It lists each dataset's files, counts them per split, then opens a sample of them (or, with
+`all_files=True`, every one of them) and checks what a training run would otherwise trip over
+hours in: unreadable (truncated, corrupt) files, label/depth sizes that differ from their image,
 bit depths, channel counts and label ids outside the dataset's id table.
+
+Both modes run the same per-sample check (`_check_sample`) over a list of sample indices, on a
+thread pool (decoding releases the GIL); the problems are collected per sample and reported in
+file order, whatever order the threads finish in.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from udaseg.config import Config
-from udaseg.data.base import SegmentationDataset
+from udaseg.data.base import SampleFiles, SegmentationDataset
 from udaseg.data.build import source_root, target_root
 from udaseg.data.cityscapes import CityscapesDataset
 from udaseg.data.folder import ImageFolderDataset
@@ -23,8 +31,12 @@ from udaseg.data.pngio import ImageFileError, read_png_raw, read_rgb
 from udaseg.data.protocols import CITYSCAPES_LABEL_IDS, SYNTHIA_RAW_IDS, get_protocol
 from udaseg.data.synthia import SynthiaDataset
 from udaseg.errors import UdasegError
+from udaseg.progress import console, progress_bar, rate_text
 
 MAPILLARY_NUM_IDS = 66
+
+# A check of one decoded file: appends a line per problem found to the list it is given.
+FileCheck = Callable[[list, Path, torch.Tensor], None]
 
 
 @dataclass
@@ -41,30 +53,43 @@ class DatasetReport:
         return not self.problems
 
 
-def _expect(report: DatasetReport, path: Path, tensor: torch.Tensor, dtype: torch.dtype,
+@dataclass(frozen=True)
+class _Plan:
+    """What to open beside each image of one dataset split, and how to check it."""
+
+    label: FileCheck | None = None
+    depth: FileCheck | None = None
+    disparity: bool = False  # Cityscapes: disparity/<split>/<city>/<id>_disparity.png, one per image
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _expect(problems: list[str], path: Path, tensor: torch.Tensor, dtype: torch.dtype,
             channels: tuple[int, ...], what: str) -> bool:
     if tensor.dtype != dtype:
         bits = {torch.uint8: "8-bit", torch.uint16: "16-bit"}
-        report.problems.append(f"{path}: {what} is {bits.get(tensor.dtype, tensor.dtype)}, expected {bits[dtype]}")
+        problems.append(f"{path}: {what} is {bits.get(tensor.dtype, tensor.dtype)}, expected {bits[dtype]}")
         return False
     if tensor.shape[0] not in channels:
-        report.problems.append(f"{path}: {what} has {tensor.shape[0]} channel(s), expected {' or '.join(map(str, channels))}")
+        problems.append(f"{path}: {what} has {tensor.shape[0]} channel(s), expected {' or '.join(map(str, channels))}")
         return False
     return True
 
 
-def _check_ids(report: DatasetReport, path: Path, raw: torch.Tensor, known: set[int], table: str) -> None:
+def _check_ids(problems: list[str], path: Path, raw: torch.Tensor, known: set[int], table: str) -> None:
     values = set(torch.unique(raw.to(torch.int32)).tolist())
     unknown = sorted(values - known)
     if unknown:
-        report.problems.append(f"{path}: label ids {unknown[:8]} are not {table} ids; is this the right label file/format?")
+        problems.append(f"{path}: label ids {unknown[:8]} are not {table} ids; is this the right label file/format?")
 
 
-def _open(report: DatasetReport, reader, path: Path):
+def _open(problems: list[str], reader, path: Path):
     try:
         return reader(path)
     except (ImageFileError, UdasegError) as err:
-        report.problems.append(str(err))
+        problems.append(str(err))
         return None
 
 
@@ -72,47 +97,61 @@ def _sample_indices(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=min(n, k), dtype=int).tolist())) if n else []
 
 
-def _check_sample(report: DatasetReport, dataset: SegmentationDataset, sample: int, label_check, depth_check) -> None:
-    for i in _sample_indices(len(dataset), sample):
-        files = dataset.samples[i]
-        image = _open(report, read_rgb, files.image)
-        if image is None:
+def _disparity_path(dataset: CityscapesDataset, files: SampleFiles) -> Path:
+    return dataset.root / "disparity" / dataset.split / files.image.parent.name / f"{files.name}_disparity.png"
+
+
+def _check_sample(dataset: SegmentationDataset, index: int, plan: _Plan) -> tuple[list[str], bool]:
+    """Open one sample's image and the files beside it: (problems, whether its image was read).
+
+    Pure (no shared state), so samples can be checked on any thread in any order. A file that
+    cannot be read does not stop the others from being opened: every bad file is reported.
+    """
+    files = dataset.samples[index]
+    problems: list[str] = []
+    image = _open(problems, read_rgb, files.image)
+    size = None if image is None else (image.shape[-1], image.shape[-2])
+    companions = [(files.label, plan.label, None), (files.depth, plan.depth, None)]
+    if plan.disparity:
+        companions.append((_disparity_path(dataset, files), _cityscapes_disparity,
+                           "missing (the disparity/ folder exists, so depth metrics expect one per image)"))
+    for path, check, missing in companions:
+        if path is None or check is None:
             continue
-        size = (image.shape[-1], image.shape[-2])
-        for path, check in ((files.label, label_check), (files.depth, depth_check)):
-            if path is None or check is None:
-                continue
-            raw = _open(report, read_png_raw, path)
-            if raw is None:
-                continue
-            if (raw.shape[-1], raw.shape[-2]) != size:
-                report.problems.append(f"{path}: size {raw.shape[-1]}x{raw.shape[-2]} differs from its image {files.image} ({size[0]}x{size[1]})")
-                continue
-            check(report, path, raw)
-        report.checked += 1
+        if missing is not None and not path.is_file():
+            problems.append(f"{path}: {missing}")
+            continue
+        raw = _open(problems, read_png_raw, path)
+        if raw is None:
+            continue
+        if size is not None and (raw.shape[-1], raw.shape[-2]) != size:
+            problems.append(f"{path}: size {raw.shape[-1]}x{raw.shape[-2]} differs from its image {files.image} ({size[0]}x{size[1]})")
+            continue
+        check(problems, path, raw)
+    return problems, image is not None
 
 
-def _synthia_label(report, path, raw):
-    if _expect(report, path, raw, torch.uint16 if raw.shape[0] == 3 else raw.dtype, (1, 3), "SYNTHIA label"):
-        _check_ids(report, path, raw[0], set(SYNTHIA_RAW_IDS), "SYNTHIA class")
+def _synthia_label(problems, path, raw):
+    if _expect(problems, path, raw, torch.uint16 if raw.shape[0] == 3 else raw.dtype, (1, 3), "SYNTHIA label"):
+        _check_ids(problems, path, raw[0], set(SYNTHIA_RAW_IDS), "SYNTHIA class")
 
 
-def _synthia_depth(report, path, raw):
-    _expect(report, path, raw, torch.uint16, (1, 3), "SYNTHIA depth (centimetres)")
+def _synthia_depth(problems, path, raw):
+    _expect(problems, path, raw, torch.uint16, (1, 3), "SYNTHIA depth (centimetres)")
 
 
-def _cityscapes_label(report, path, raw):
-    if _expect(report, path, raw, torch.uint8, (1,), "Cityscapes labelIds"):
-        _check_ids(report, path, raw, set(CITYSCAPES_LABEL_IDS), "Cityscapes label")
+def _cityscapes_label(problems, path, raw):
+    if _expect(problems, path, raw, torch.uint8, (1,), "Cityscapes labelIds"):
+        _check_ids(problems, path, raw, set(CITYSCAPES_LABEL_IDS), "Cityscapes label")
 
 
-def _cityscapes_disparity(report, path, raw):
-    _expect(report, path, raw, torch.uint16, (1,), "Cityscapes disparity")
+def _cityscapes_disparity(problems, path, raw):
+    _expect(problems, path, raw, torch.uint16, (1,), "Cityscapes disparity")
 
 
-def _mapillary_label(report, path, raw):
-    if _expect(report, path, raw, torch.uint8, (1,), "Mapillary palette label"):
-        _check_ids(report, path, raw, set(range(MAPILLARY_NUM_IDS)), "Mapillary v1.2")
+def _mapillary_label(problems, path, raw):
+    if _expect(problems, path, raw, torch.uint8, (1,), "Mapillary palette label"):
+        _check_ids(problems, path, raw, set(range(MAPILLARY_NUM_IDS)), "Mapillary v1.2")
 
 
 def _build(report: DatasetReport, factory) -> SegmentationDataset | None:
@@ -125,18 +164,15 @@ def _build(report: DatasetReport, factory) -> SegmentationDataset | None:
     return dataset
 
 
-def check_datasets(config: Config, root: str | Path | None = None, sample: int = 8,
-                   splits: tuple[str, ...] | None = None) -> list[DatasetReport]:
-    """One report per dataset split the recipe uses; `sample` files of each are opened."""
+def _datasets(config: Config, root, splits) -> list[tuple[DatasetReport, SegmentationDataset | None, _Plan]]:
+    """Every dataset split the recipe uses, with what to check in it (dataset None: not found)."""
     protocol = get_protocol(config.experiment.protocol)
-    reports = []
+    found = []
 
     src = source_root(config, root)
     report = DatasetReport("SYNTHIA (source)", "all", src)
     dataset = _build(report, lambda: SynthiaDataset(src, protocol))
-    if dataset is not None:
-        _check_sample(report, dataset, sample, _synthia_label, _synthia_depth)
-    reports.append(report)
+    found.append((report, dataset, _Plan(_synthia_label, _synthia_depth)))
 
     tgt = target_root(config, root)
     fmt = config.data.target_format
@@ -147,34 +183,56 @@ def check_datasets(config: Config, root: str | Path | None = None, sample: int =
         if fmt == "cityscapes":
             report = DatasetReport("Cityscapes (target)", split, tgt)
             dataset = _build(report, lambda: CityscapesDataset(tgt, split, protocol, load_label=labelled))
-            if dataset is not None:
-                _check_sample(report, dataset, sample, _cityscapes_label, None)
-                if (tgt / "disparity" / split).is_dir():
-                    _check_disparity(report, dataset, sample)
+            plan = _Plan(_cityscapes_label, disparity=(tgt / "disparity" / split).is_dir())
         elif fmt == "mapillary":
             report = DatasetReport("Mapillary (target)", split, tgt)
             dataset = _build(report, lambda: MapillaryDataset(tgt, split, protocol, load_label=labelled))
-            if dataset is not None:
-                _check_sample(report, dataset, sample, _mapillary_label, None)
+            plan = _Plan(_mapillary_label)
         else:
             folder = tgt / split if (tgt / split).is_dir() else tgt
             report = DatasetReport("image folder (target)", split, folder)
             dataset = _build(report, lambda: ImageFolderDataset(folder))
-            if dataset is not None:
-                _check_sample(report, dataset, sample, None, None)
-        reports.append(report)
-    return reports
+            plan = _Plan()
+        found.append((report, dataset, plan))
+    return found
 
 
-def _check_disparity(report: DatasetReport, dataset: CityscapesDataset, sample: int) -> None:
-    """Disparity is optional; where the folder exists, its files must be 16-bit."""
-    for i in _sample_indices(len(dataset), sample):
-        stem = dataset.samples[i].name
-        city = dataset.samples[i].image.parent.name
-        path = dataset.root / "disparity" / dataset.split / city / f"{stem}_disparity.png"
-        if not path.is_file():
-            report.problems.append(f"{path}: missing (the disparity/ folder exists, so depth metrics expect one per image)")
-            continue
-        raw = _open(report, read_png_raw, path)
-        if raw is not None:
-            _cityscapes_disparity(report, path, raw)
+def _check_split(report: DatasetReport, dataset: SegmentationDataset, plan: _Plan, indices: list[int],
+                 pool: ThreadPoolExecutor, bar) -> None:
+    """Check the samples at `indices` on the pool; fill `report` in file order."""
+    task = bar.add_task(f"check {report.dataset} {report.split}", total=len(indices), info="")
+    futures = {pool.submit(_check_sample, dataset, i, plan): i for i in indices}
+    results: dict[int, tuple[list[str], bool]] = {}
+    for future in as_completed(futures):
+        results[futures[future]] = future.result()
+        bar.update(task, advance=1, info=rate_text(bar, task, " samples/s"))
+    for i in indices:  # file order, not completion order
+        problems, opened = results[i]
+        report.problems.extend(problems)
+        report.checked += opened
+
+
+def check_datasets(config: Config, root: str | Path | None = None, sample: int = 8,
+                   splits: tuple[str, ...] | None = None, *, all_files: bool = False,
+                   workers: int | None = None, progress: bool = False) -> list[DatasetReport]:
+    """One report per dataset split the recipe uses.
+
+    `sample` files of each split are opened, spread evenly over it; with `all_files`, every
+    file is. `workers` threads open them (default min(8, CPU cores)); `progress` shows a bar.
+    """
+    found = _datasets(config, root, splits)
+    plans = [(report, dataset, plan, list(range(len(dataset))) if all_files else _sample_indices(len(dataset), sample))
+             for report, dataset, plan in found if dataset is not None]
+    workers = max(1, workers or default_workers())
+    if all_files and progress:
+        total = sum(len(indices) for *_, indices in plans)
+        console.print(f"opening every file of {total} samples in {len(plans)} split(s) with {workers} thread(s)",
+                      highlight=False)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check-data")
+    try:
+        with progress_bar(progress) as bar:
+            for report, dataset, plan, indices in plans:
+                _check_split(report, dataset, plan, indices, pool, bar)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: drop what has not started
+    return [report for report, _, _ in found]

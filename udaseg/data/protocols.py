@@ -3,7 +3,7 @@
 Each protocol turns a raw id of the source (SYNTHIA) and of the target dataset (Cityscapes
 labelIds or Mapillary v1.2 palette indices) into a class index with a 256-entry lookup table;
 every id not in the published table maps to 255 (ignore). The tables are the published ones
-(see DESIGN.md §3), including their quirks, so numbers stay comparable with the paper.
+(the paper's and its release's), including their quirks, so numbers stay comparable with the paper.
 """
 
 from __future__ import annotations

@@ -2,11 +2,16 @@
 
 from udaseg.model.deeplab import SegDepthNet, SegDepthOutput, build_model, model_from_config
 from udaseg.model.discriminator import Discriminator
+from udaseg.model.ops import autocast, channels_last, to_grid, upsample
 from udaseg.model.preprocess import InputNormalization, input_normalization, normalize
 from udaseg.model.resnet import load_deeplab_imagenet, load_torchvision_resnet101
 
 __all__ = [
     "Discriminator",
+    "autocast",
+    "channels_last",
+    "to_grid",
+    "upsample",
     "InputNormalization",
     "SegDepthNet",
     "SegDepthOutput",

@@ -37,3 +37,13 @@ class FrozenBNMixin:
         if self.freeze_bn:
             keep_eval(self)  # type: ignore[arg-type]
         return self
+
+
+def init_backbone(module: nn.Module, freeze_bn: bool) -> None:
+    """He-normal convolutions (torchvision's ResNet init), then BN frozen when asked."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if freeze_bn:
+        freeze_affine(module)
+        keep_eval(module)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from udaseg.model.batchnorm import FrozenBNMixin, freeze_affine, keep_eval
+from udaseg.model.batchnorm import FrozenBNMixin, init_backbone
 
 
 class BasicBlock(nn.Module):
@@ -60,12 +60,7 @@ class LightResNet18(FrozenBNMixin, nn.Module):
         self.layer2 = self._make_layer(2 * width, stride=2, dilate=False)
         self.layer3 = self._make_layer(4 * width, stride=2, dilate=True)
         self.layer4 = self._make_layer(8 * width, stride=2, dilate=True)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if freeze_bn:
-            freeze_affine(self)
-            keep_eval(self)
+        init_backbone(self, freeze_bn)
 
     def _make_layer(self, planes: int, stride: int, dilate: bool) -> nn.Sequential:
         # torchvision's replace_stride_with_dilation rule: the first block keeps the previous

@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
-from udaseg.model.batchnorm import FrozenBNMixin, freeze_affine, keep_eval
+from udaseg.model.batchnorm import FrozenBNMixin, freeze_affine, init_backbone, keep_eval
 from udaseg.model.weights import load_strict, read_state_dict
 
 OUT_CHANNELS = 2048
@@ -67,12 +67,7 @@ class CaffeResNet101(FrozenBNMixin, nn.Module):
         self.layer2 = self._make_layer(128, 4, stride=2)
         self.layer3 = self._make_layer(256, 23, dilation=2)
         self.layer4 = self._make_layer(512, 3, dilation=4)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if freeze_bn:
-            freeze_affine(self)
-            keep_eval(self)
+        init_backbone(self, freeze_bn)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None

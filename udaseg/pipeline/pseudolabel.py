@@ -1,4 +1,4 @@
-"""Stage 3 (`udaseg pseudolabel`): target pseudo-labels from a stage-1 model.
+"""`udaseg pseudolabel`: target pseudo-labels from a trained model (the train checkpoint).
 
 For every target training image: the softmax at the refinement resolution, its arg-max and
 confidence; pixels below `conf_threshold` become 255; with `--refine` the spatial prior then
@@ -21,30 +21,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import Subset
 
-from udaseg.config import Config, to_toml
+from udaseg.checkpoint import load_model
+from udaseg.config import Config
 from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
 from udaseg.data.pngio import atomic_write_bytes, encode_png
 from udaseg.data.protocols import IGNORE, get_protocol
-from udaseg.engine import DistEnv, configure_cpu_threads, load_checkpoint
+from udaseg.engine import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, UdasegError
 from udaseg.gmm import load_gmm
-from udaseg.layout import RunLayout
-from udaseg.model import model_from_config, normalize
+from udaseg.layout import RunLayout, write_config
+from udaseg.model import autocast, normalize
+from udaseg.progress import progress_bar
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
-from udaseg.stage1 import autocast, check_compatible
-
-
-def load_model(checkpoint: Path, config: Config, device: torch.device) -> torch.nn.Module:
-    """A trained SegDepthNet in eval mode from a udaseg checkpoint (weights only)."""
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    check_compatible(state, config, checkpoint)
-    model = model_from_config(config.model, state["num_classes"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
 
 
 def thresholds_for(config: Config, layout: RunLayout) -> torch.Tensor:
@@ -90,11 +81,11 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     protocol = get_protocol(config.experiment.protocol)
     C = protocol.num_classes
     width, height = pl.refine_size
-    model = load_model(checkpoint, config, env.device)
+    model, _ = load_model(checkpoint, config, env.device)
     thresholds = thresholds_for(config, layout).to(env.device) if do_refine else None
 
     dataset, labelled = _target_with_optional_labels(config, root, pl.refine_size)
-    labels_dir, colour_dir = layout.pseudo_labels_dir, layout.pseudo_dir / "color"
+    labels_dir, colour_dir = layout.pseudo_labels_dir, layout.pseudo_color_dir
     mine = [i for i in range(len(dataset)) if i % env.world_size == env.rank]
     if resume:
         mine = [i for i in mine if not (labels_dir / f"{dataset.samples[i].name}.png").is_file()]
@@ -102,7 +93,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
         raise UdasegError(f"{labels_dir}: already holds pseudo-labels; pass --continue to finish them, or remove the folder to start over")
     if env.is_main:
         labels_dir.mkdir(parents=True, exist_ok=True)
-        (layout.pseudo_dir / "config.toml").write_text(to_toml(config))
+        write_config(layout.pseudo_dir, config)
     workers = config.data.num_workers if workers is None else workers
     configure_cpu_threads(env, workers)
 
@@ -112,10 +103,9 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
                       "confident_correct", "kept_correct")}
     pool = ThreadPoolExecutor(max_workers=writer_threads)
     pending = []
-    bar = Progress(TextColumn("[bold]pseudolabel"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not (progress and env.is_main))
+    bar = progress_bar(progress and env.is_main)
     with bar:
-        task = bar.add_task("", total=len(mine))
+        task = bar.add_task("pseudolabel", total=len(mine), info="")
         if mine:
             loader = make_loader(Subset(dataset, mine), pl.batch_size, workers)
             for batch in loader:
@@ -137,7 +127,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
             dist.all_reduce(tensor)
     stats = _stats(counts, protocol.classes, labelled, do_refine, config)
     if env.is_main:
-        atomic_write_bytes(layout.pseudo_dir / "stats.json", json.dumps(stats, indent=2).encode())
+        atomic_write_bytes(layout.pseudo_stats, json.dumps(stats, indent=2).encode())
     return stats
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from udaseg.gmm import ClassGMM, DepthGMM, class_weights, expand_covariances, write_gmm
+from udaseg.progress import progress_bar, rate_text
 
 MIN_POINTS_PER_COMPONENT = 10  # fewer points per component than this and K is reduced
 MIN_POINTS = 10  # fewer points than this and the class gets the pooled fallback
@@ -393,7 +394,7 @@ def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Pa
     from udaseg.data.build import source_dataset
     from udaseg.data.protocols import get_protocol
     from udaseg.grid import output_grid
-    from udaseg.layout import RunLayout
+    from udaseg.layout import RunLayout, write_config
 
     protocol = get_protocol(config.experiment.protocol)
     grid = output_grid(*config.data.source_size)
@@ -404,18 +405,18 @@ def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Pa
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.data.num_workers,
                         prefetch_factor=8 if config.data.num_workers > 0 else None)
     names = protocol.classes
-    with _Bar(progress) as bar:
-        task = bar.add("source pass", len(dataset))
+    with progress_bar(progress) as bar:
+        task = bar.add_task("source pass", total=len(dataset), info="")
         result = collect(loader, protocol.num_classes, gcfg.points_per_class, config.experiment.seed,
-                         on_item=lambda: bar.advance(task))
+                         on_item=lambda: _advance(bar, task, " img/s"))
     reservoir_bytes = sum(s.nbytes for s in result.samples)
     model, gmm_file, written, fit_seconds = None, None, [], 0.0
     if fit:
         start = time.perf_counter()
-        with _Bar(progress) as bar:
-            task = bar.add("fitting GMMs", protocol.num_classes)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("fitting GMMs", total=protocol.num_classes, info="")
             gmms = fit_all(result, names, grid, gcfg.components, gcfg.covariance, config.experiment.seed,
-                           gcfg.select_k, gcfg.max_components, on_class=lambda: bar.advance(task),
+                           gcfg.select_k, gcfg.max_components, on_class=lambda: _advance(bar, task, " classes/s"),
                            workers=fit_workers(config.data.num_workers))
         fit_seconds = time.perf_counter() - start
         model = build_model(result, gmms, protocol.name, names, gcfg.covariance, grid, config.data.source_size,
@@ -427,44 +428,11 @@ def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Pa
         layout = RunLayout.for_config(config, runs_root)
         gmm_file = layout.gmm_file
         write_gmm(gmm_file, model)
-        from udaseg.data.pngio import atomic_write_bytes
-
-        atomic_write_bytes(layout.gmm_dir / "config.toml", to_toml(config).encode())
+        write_config(layout.gmm_dir, config)
         if plots:
-            written = write_plots(model, result.samples, layout.gmm_dir / "plots", seed=config.experiment.seed)
+            written = write_plots(model, result.samples, layout.gmm_plots_dir, seed=config.experiment.seed)
     return FitReport(result, model, gmm_file, written, result.seconds, fit_seconds, reservoir_bytes)
 
 
-class _Bar:
-    """A rich progress bar (rate, ETA) on stderr, or nothing when disabled."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._p = None
-
-    def __enter__(self) -> "_Bar":
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            from udaseg.commands.common import console
-
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                               TextColumn("ETA"), TimeRemainingColumn(), console=console)
-            self._p.__enter__()
-        return self
-
-    def add(self, description: str, total: int):
-        return self._p.add_task(description, total=total, rate="") if self._p else None
-
-    def advance(self, task) -> None:
-        if self._p is not None:
-            self._p.advance(task)
-            t = self._p.tasks[task]
-            if t.speed:
-                self._p.update(task, rate=f"{t.speed:.1f}/s")
-
-    def __exit__(self, *exc) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
+def _advance(bar, task, unit: str) -> None:
+    bar.update(task, advance=1, info=rate_text(bar, task, unit))

@@ -1,6 +1,6 @@
-"""Stage 1 (`udaseg train`): source supervision + depth + density, adversarial alignment.
+"""`udaseg train`: the paper's stage 1 — source supervision + depth + density, adversarial alignment.
 
-One iteration, as in DESIGN.md §5 (read `Stage1Step.__call__` top to bottom):
+One iteration (read `Stage1Step.__call__` top to bottom):
 
     source:  CE_w(seg) + λ_dep·berHu(depth) + λ_bal·berHu(density, D_s)        backward
     target:  λ_adv·BCE(D(F̂_t), source) + λ_tar·berHu(density_t, D_t)          backward
@@ -8,61 +8,28 @@ One iteration, as in DESIGN.md §5 (read `Stage1Step.__call__` top to bottom):
     F̂ = entropy(softmax) × density, both upsampled to the input size
 
 Ablations (paper Table 3): `m1` drops the density (F̂ = entropy, no D_s / D_t losses),
-`source_only` keeps only the weighted CE; `m2` is the full stage 1.
+`source_only` keeps only the weighted CE; `m2` is the paper's full stage 1; `oracle` trains on the
+labelled target split instead of the source.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from udaseg.config import Config, data_root, resolve_under, to_toml
-from udaseg.data.build import make_loader, source_dataset, target_dataset
+from udaseg.config import Config, data_root, resolve_under
+from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (CHECKPOINT_LATEST, DistEnv, LoopSpec, ResumableSampler, configure_cpu_threads,
-                           load_checkpoint, plot_progress, poly_lr, rng_state, run_loop, set_lr, set_rng_state, unwrap)
+from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
+                           plot_progress, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr, set_rng_state,
+                           training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
-from udaseg.layout import RunLayout
+from udaseg.layout import RunLayout, write_config
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
-from udaseg.model import Discriminator, model_from_config, normalize
-
-CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 is slower than fp32 for convs)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
-
-
-def to_grid(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Labels or depth [B, H, W] -> the output grid, nearest at pixel centres (as fit-gmm)."""
-    dtype = x.dtype
-    out = F.interpolate(x[:, None].float(), size=grid_hw, mode="nearest-exact")[:, 0]
-    return out.to(dtype)
-
-
-@dataclass
-class TrainParts:
-    """Everything stage 1 optimises or reads, built once from a recipe."""
-
-    model: nn.Module
-    disc: nn.Module | None
-    optimizer: torch.optim.Optimizer
-    optimizer_disc: torch.optim.Optimizer | None
-    gmm: DepthGMM | None
-    class_weights: torch.Tensor | None
+from udaseg.model import Discriminator, autocast, channels_last, normalize, to_grid, upsample
+from udaseg.model.health import check_trainable
 
 
 def load_gmm_for(config: Config, layout: RunLayout, required: bool) -> DepthGMM | None:
@@ -89,31 +56,26 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
     num_classes = get_protocol(config.experiment.protocol).num_classes
     needs_gmm = t.ablation == "m2" or t.class_weights == "frequency"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
-    model = model_from_config(config.model, num_classes, init_weights_path(config, root)).to(env.device)
-    if env.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(unwrap(model).param_groups(t.lr), lr=t.lr, momentum=t.momentum,
-                                weight_decay=t.weight_decay)
+    model = build_network(config, num_classes, env, init_weights_path(config, root))
+    check_trainable(model, config, env.device)
+    optimizer = build_sgd(model, t)
     disc = optimizer_disc = None
     if t.ablation in ("m1", "m2"):
         disc = Discriminator(num_classes, ndf=t.disc_width).to(env.device)
         optimizer_disc = torch.optim.Adam(disc.parameters(), lr=t.lr_disc, betas=t.disc_betas)
-    if env.distributed:
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        # ablations leave the depth / density heads unused: DDP must not wait for their grads
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=t.ablation != "m2")
-        if disc is not None:
-            disc = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+        disc = wrap_ddp(disc, env)
+    # ablations leave the depth / density heads unused: DDP must not wait for their grads
+    model = wrap_ddp(model, env, find_unused=t.ablation != "m2")
     weights = None
     if t.class_weights == "frequency":
         weights = torch.as_tensor(gmm.ce_weights, dtype=torch.float32, device=env.device)
     if gmm is not None:
         gmm.to(env.device)
-    return TrainParts(model, disc, optimizer, optimizer_disc, gmm, weights)
+    return TrainParts(model, optimizer, disc, optimizer_disc, gmm, weights)
 
 
 class Stage1Step:
-    """One stage-1 iteration; the data iterators are consumed one batch each per call."""
+    """One train iteration; the data iterators are consumed one batch each per call."""
 
     def __init__(self, config: Config, parts: TrainParts, env: DistEnv, source_iter, target_iter):
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
@@ -127,7 +89,7 @@ class Stage1Step:
 
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
-        return x.contiguous(memory_format=torch.channels_last) if self.env.device.type == "cuda" else x
+        return channels_last(x, self.env.device)
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         t, p, dev = self.t, self.p, self.env.device
@@ -194,86 +156,15 @@ class Stage1Step:
         return {k: v.detach() for k, v in losses.items()}
 
 
-def checkpoint_state(config: Config, parts: TrainParts, iteration: int, stage: str) -> dict:
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "stage": stage,
-        "iteration": iteration,
-        "protocol": config.experiment.protocol,
-        "num_classes": get_protocol(config.experiment.protocol).num_classes,
-        "backbone": config.model.backbone,
-        "widths": [config.model.light_width, config.model.head_channels],
-        "model": unwrap(parts.model).state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "rng": rng_state(),
-        "config_toml": to_toml(config),
-    }
-    if parts.disc is not None:
-        state["disc"] = unwrap(parts.disc).state_dict()
-        state["optimizer_disc"] = parts.optimizer_disc.state_dict()
-    return state
-
-
-def check_compatible(state: dict, config: Config, path: Path) -> None:
-    """A checkpoint of another protocol or backbone cannot be continued or evaluated."""
-    num_classes = get_protocol(config.experiment.protocol).num_classes
-    if state.get("num_classes") != num_classes or state.get("backbone") != config.model.backbone:
-        raise UdasegError(
-            f"{path}: checkpoint has {state.get('num_classes')} classes / backbone {state.get('backbone')!r}, "
-            f"the recipe wants {num_classes} ({config.experiment.protocol}) / {config.model.backbone!r}; "
-            "use the recipe it was trained with"
-        )
-    widths = [config.model.light_width, config.model.head_channels]
-    if list(state.get("widths", widths)) != widths:
-        raise UdasegError(
-            f"{path}: checkpoint was trained with model.light_width, model.head_channels = {list(state['widths'])}, "
-            f"the recipe says {widths}; use the recipe it was trained with"
-        )
-
-
-def restore(parts: TrainParts, state: dict) -> None:
-    unwrap(parts.model).load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
-    if parts.disc is not None:
-        if "disc" not in state:
-            raise UdasegError("the checkpoint has no discriminator (a source-only run); continue it with the same ablation")
-        unwrap(parts.disc).load_state_dict(state["disc"])
-        parts.optimizer_disc.load_state_dict(state["optimizer_disc"])
-    set_rng_state(state["rng"])
-
-
-def resume_state(out: Path, config: Config, parts: TrainParts, env: DistEnv) -> dict:
-    """Load `out/checkpoint_latest.pt` into `parts` (for --continue); returns the checkpoint."""
-    latest = out / CHECKPOINT_LATEST
-    if not latest.is_file():
-        raise UdasegError(f"{latest}: nothing to continue; run without --continue to start")
-    state = load_checkpoint(latest, map_location=env.device)
-    check_compatible(state, config, latest)
-    restore(parts, state)
-    return state
-
-
-def refuse_existing(out: Path) -> None:
-    """A fresh run never overwrites another run's checkpoints."""
-    if (out / CHECKPOINT_LATEST).is_file() or (out / "checkpoint_final.pt").is_file():
-        raise UdasegError(f"{out}: already holds checkpoints; pass --continue to resume, or remove the folder to start over")
-
-
-def endless(loader):
-    """Batches forever; the loader's sampler is endless, so one iterator serves the run."""
-    return iter(loader)
-
-
-def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
-                 resume: bool = False, progress: bool = True, workers: int | None = None) -> Path:
-    """Run stage 1 as the recipe says; returns the path of `checkpoint_final.pt`."""
+def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
+              resume: bool = False, progress: bool = True, workers: int | None = None) -> Path:
+    """Run train (the paper's stage 1) as the recipe says; returns the path of `train/checkpoint_final.pt`."""
     layout = RunLayout.for_config(config, runs)
-    out = layout.train_dir
+    folder = layout.train
     t = config.train
     torch.manual_seed(config.experiment.seed)
     parts = build_parts(config, env, root, layout)
-
-    state = resume_state(out, config, parts, env) if resume else refuse_existing(out)
+    state = resume_or_refuse(folder, config, parts, env, resume)
     start = int(state["iteration"]) if state else 0
 
     workers = config.data.num_workers if workers is None else workers
@@ -283,21 +174,16 @@ def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, r
         src = target_dataset(config, config.data.target_train_split, root, labels=True)
     else:
         src = source_dataset(config, root)
-    src_loader = make_loader(src, t.batch_size_source, workers, drop_last=True,
-                             sampler=ResumableSampler(len(src), seed, start * t.batch_size_source, env.rank, env.world_size))
+    src_iter = sampled_batches(src, t.batch_size_source, workers, seed, start, env)
     tgt_iter = None
     if parts.disc is not None:
         tgt = target_dataset(config, config.data.target_train_split, root)
-        tgt_loader = make_loader(tgt, t.batch_size_target, workers, drop_last=True,
-                                 sampler=ResumableSampler(len(tgt), seed + 1, start * t.batch_size_target, env.rank, env.world_size))
-        tgt_iter = endless(tgt_loader)
-
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml(config))
-    step = Stage1Step(config, parts, env, endless(src_loader), tgt_iter)
+        tgt_iter = sampled_batches(tgt, t.batch_size_target, workers, seed + 1, start, env)
     if resume:  # iter(loader) draws a base seed from the global RNG: restore it after, not before
         set_rng_state(state["rng"])
+    if env.is_main:
+        write_config(folder.path, config)
+    step = Stage1Step(config, parts, env, src_iter, tgt_iter)
 
     def lrs() -> dict[str, float]:
         values = {"lr": parts.optimizer.param_groups[0]["lr"]}
@@ -306,12 +192,12 @@ def train_stage1(config: Config, env: DistEnv, root: str | Path | None = None, r
         return values
 
     spec = LoopSpec(
-        out_dir=out, total_iterations=t.iterations, start_iteration=start,
+        out_dir=folder.path, total_iterations=t.iterations, start_iteration=start,
         checkpoint_every=t.checkpoint_every, log_every=t.log_every,
         images_per_step=t.batch_size_source + (t.batch_size_target if tgt_iter else 0),
         description=f"train {config.experiment.name} [{t.ablation}]",
-        step=step, state=lambda it: checkpoint_state(config, parts, it, "stage1"), lrs=lrs, progress=progress,
-        on_checkpoint=lambda: plot_progress(out / "log.jsonl", out / "progress.png"),
+        step=step, state=lambda it: training_state(config, parts, it, "stage1"), lrs=lrs, progress=progress,
+        on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
     )
     run_loop(spec, env)
-    return out / "checkpoint_final.pt"
+    return folder.final

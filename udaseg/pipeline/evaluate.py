@@ -1,6 +1,6 @@
 """`udaseg eval`: a checkpoint and a labelled split -> the numbers of the paper's tables.
 
-Protocol (DESIGN.md §5): the model sees images at the recipe's input size; its logits are
+Protocol (the paper's): the model sees images at the recipe's input size; its logits are
 upsampled bilinearly (align_corners=True) to the label's resolution — the native one for
 Cityscapes and SYNTHIA, the letterboxed input size for Mapillary (aspect kept, padding is
 ignore) — and one confusion matrix is summed over the whole split on the device. Depth
@@ -24,17 +24,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from udaseg.checkpoint import load_model
 from udaseg.config import Config, to_toml
 from udaseg.data.build import source_dataset, source_root, target_dataset, target_root
 from udaseg.data.depth import INVDEPTH_SCALE, invdepth_to_metres
 from udaseg.data.protocols import Protocol, get_protocol
 from udaseg.data.synthia import DEPTH_DIRS, find_subdir
-from udaseg.engine import CHECKPOINT_FINAL, load_checkpoint
 from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.metrics import DEPTH_METRICS, confusion_matrix, depth_metrics_per_image, iou_from_confusion, mean_iou, miou_star, pixel_accuracy
-from udaseg.model import model_from_config, normalize
-from udaseg.stage1 import autocast, check_compatible, upsample
+from udaseg.model import autocast, channels_last, normalize, upsample
+from udaseg.progress import progress_bar
 
 SUMMARY_FORMAT = "udaseg.eval.v1"
 # Depth range scored, in metres: 1 cm up to what SYNTHIA's 16-bit centimetres can hold.
@@ -128,13 +128,6 @@ def figure_indices(num_images: int, k: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, num_images - 1, min(k, num_images))})
 
 
-def _progress(enabled: bool, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled)
-
-
 @torch.inference_mode()
 def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backbone: str, device: torch.device,
                    *, depth: bool = False, amp: bool = True, sample_indices: Sequence[int] = (),
@@ -153,8 +146,8 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
     seen = 0
     total = total if total is not None else len(loader.dataset)
     start = time.perf_counter()
-    with _progress(progress, total) as bar:
-        task = bar.add_task("eval", total=total, rate="")
+    with progress_bar(progress) as bar:
+        task = bar.add_task("eval", total=total, info="")
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             b = images.shape[0]
@@ -164,9 +157,7 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
                 heads.append("depth")
             if wanted:
                 heads.append("density")
-            x = normalize(images, backbone)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = channels_last(normalize(images, backbone), device)
             with autocast(device, amp):
                 out = model(x, heads=tuple(heads))
 
@@ -195,7 +186,7 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
                         samples.append(_figure_sample(batch, j, images[j], label[k], pred[k], out, x.shape[-2:]))
             seen += b
             elapsed = time.perf_counter() - start
-            bar.update(task, completed=seen, rate=f"{seen / max(elapsed, 1e-9):.2f} img/s")
+            bar.update(task, completed=seen, info=f"{seen / max(elapsed, 1e-9):.2f} img/s")
     confusion = cm.view(c, c).cpu().numpy()
     elapsed = time.perf_counter() - start
     depth_result = None
@@ -219,8 +210,8 @@ def _figure_sample(batch: dict, j: int, image: torch.Tensor, label: torch.Tensor
 
 
 def default_checkpoint(layout: RunLayout) -> Path:
-    """The run's last word: self-training's final checkpoint, else stage 1's."""
-    candidates = (layout.self_train_dir / CHECKPOINT_FINAL, layout.train_dir / CHECKPOINT_FINAL)
+    """The run's last word: self-training's final checkpoint, else train's."""
+    candidates = (layout.self_train.final, layout.train.final)
     for path in candidates:
         if path.is_file():
             return path
@@ -234,23 +225,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_model(config: Config, checkpoint: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """The checkpoint's model, checked against the recipe (class count, backbone, widths)."""
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    check_compatible(state, config, checkpoint)
-    protocol = config.experiment.protocol
-    if state.get("protocol") not in (None, protocol):
-        raise UdasegError(f"{checkpoint}: trained for protocol {state['protocol']!r}, the recipe evaluates "
-                          f"{protocol!r}; use the recipe it was trained with")
-    model = model_from_config(config.model, get_protocol(protocol).num_classes)
-    model.load_state_dict(state["model"])
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    info = {k: state.get(k) for k in ("stage", "iteration", "protocol", "backbone", "num_classes")}
-    return model.eval(), info
 
 
 def _finite(value: Any) -> Any:
@@ -315,7 +289,7 @@ def evaluate_checkpoint(config: Config, checkpoint: Path, out_dir: Path, *, spli
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     protocol = get_protocol(config.experiment.protocol)
-    model, info = load_model(config, checkpoint, dev)
+    model, info = load_model(checkpoint, config, dev)
     data = eval_data(config, split or config.data.target_val_split, root, source)
     dataset = data.dataset
     if max_images is not None and max_images > 0 and max_images < len(dataset):

@@ -1,0 +1,105 @@
+"""The checkpoint format: what a `.pt` file holds, how it is written and read, and when it fits
+a recipe. Every stage that loads a trained model (pseudolabel, eval, predict, export) uses
+`load_model`; training resumes through `load_checkpoint` + `check_compatible`.
+
+A checkpoint is a plain dict of tensors and strings, readable with `weights_only=True`:
+format, stage, iteration, protocol, num_classes, backbone, widths, model, optimizer, rng,
+config_toml, and — for adversarial runs — disc, optimizer_disc; the training loop adds its
+own bookkeeping (e.g. the best validation score so far) under `loop`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from udaseg.config import Config, to_toml
+from udaseg.data.protocols import get_protocol
+from udaseg.errors import UdasegError
+from udaseg.model import channels_last, model_from_config
+
+CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
+
+
+class CheckpointError(UdasegError):
+    """A checkpoint that is missing, truncated or not a udaseg checkpoint."""
+
+
+def model_identity(config: Config) -> dict:
+    """What a checkpoint must agree on with the recipe that loads it."""
+    return {
+        "protocol": config.experiment.protocol,
+        "num_classes": get_protocol(config.experiment.protocol).num_classes,
+        "backbone": config.model.backbone,
+        "widths": [config.model.light_width, config.model.head_channels],
+    }
+
+
+def checkpoint_dict(config: Config, stage: str, iteration: int, model: nn.Module, **extra) -> dict:
+    """The format's fixed keys plus `extra` (optimizer, rng, disc, ... as the stage needs)."""
+    return {"format": CHECKPOINT_FORMAT, "stage": stage, "iteration": iteration, **model_identity(config),
+            "model": model.state_dict(), "config_toml": to_toml(config), **extra}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with `weights_only=True`; anything unreadable is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check the path or run the stage that writes it")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, pickled objects, random bytes...
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable udaseg checkpoint ({first}); delete it and use an earlier one or re-run") from None
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise CheckpointError(f"{path}: not a udaseg checkpoint (no model weights / iteration in it)")
+    return state
+
+
+def check_compatible(state: dict, config: Config, path: Path) -> None:
+    """A checkpoint of another protocol, class count, backbone or width cannot be continued or used."""
+    want = model_identity(config)
+    if state.get("num_classes") != want["num_classes"] or state.get("backbone") != want["backbone"]:
+        raise UdasegError(
+            f"{path}: checkpoint has {state.get('num_classes')} classes / backbone {state.get('backbone')!r}, "
+            f"the recipe wants {want['num_classes']} ({want['protocol']}) / {want['backbone']!r}; "
+            "use the recipe it was trained with"
+        )
+    if list(state.get("widths", want["widths"])) != want["widths"]:
+        raise UdasegError(
+            f"{path}: checkpoint was trained with model.light_width, model.head_channels = {list(state['widths'])}, "
+            f"the recipe says {want['widths']}; use the recipe it was trained with"
+        )
+    if state.get("protocol") not in (None, want["protocol"]):
+        raise UdasegError(f"{path}: trained for protocol {state['protocol']!r}, the recipe says "
+                          f"{want['protocol']!r}; use the recipe it was trained with")
+
+
+def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[nn.Module, dict]:
+    """The checkpoint's network in eval mode on `device`, checked against the recipe; plus its
+    identity (stage, iteration, protocol, backbone, num_classes) for reports."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    check_compatible(state, config, Path(checkpoint))
+    model = model_from_config(config.model, state["num_classes"])
+    model.load_state_dict(state["model"])
+    model = channels_last(model.to(device), device)
+    info = {k: state.get(k) for k in ("stage", "iteration", "protocol", "backbone", "num_classes")}
+    return model.eval(), info

@@ -1,0 +1,144 @@
+"""`udaseg self-train`: the paper's stage 2 — cross-entropy on the refined target pseudo-labels.
+
+Starts from the train checkpoint's weights with a fresh SGD optimizer and the same hyper-parameters;
+optionally keeps the source supervised losses. Set-up, loop, checkpoints, resume and logging
+are the training engine's (`udaseg.engine`), shared with `udaseg train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from udaseg.checkpoint import check_compatible, load_checkpoint
+from udaseg.config import Config
+from udaseg.data.base import read_channel
+from udaseg.data.build import source_dataset, target_dataset
+from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.pseudo import PseudoLabelDataset
+from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
+                           plot_progress, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr, set_rng_state,
+                           training_state, unwrap, wrap_ddp)
+from udaseg.errors import UdasegError
+from udaseg.gmm import load_gmm
+from udaseg.layout import RunLayout, write_config
+from udaseg.losses import berhu, weighted_cross_entropy
+from udaseg.model import autocast, normalize, upsample
+
+
+class SelfTrainStep:
+    def __init__(self, config: Config, parts: TrainParts, env: DistEnv, target_iter, source_iter=None):
+        self.cfg, self.p, self.env = config, parts, env
+        self.target_iter, self.source_iter = target_iter, source_iter
+
+    def _forward(self, batch: dict, heads):
+        x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.cfg.model.backbone)
+        with autocast(self.env.device, self.cfg.train.amp):
+            return self.p.model(x, heads=heads), tuple(x.shape[-2:])
+
+    def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
+        st, t, p, dev = self.cfg.self_train, self.cfg.train, self.p, self.env.device
+        set_lr(p.optimizer, poly_lr(t.lr, iteration, st.iterations, t.power))
+        p.optimizer.zero_grad(set_to_none=True)
+        tgt = next(self.target_iter)
+        out, _ = self._forward(tgt, ("seg",))
+        label = tgt["label"].to(dev, non_blocking=True).long()
+        losses = {"seg_pseudo": weighted_cross_entropy(upsample(out.seg, tuple(label.shape[-2:])), label)}
+        loss = losses["seg_pseudo"]
+        if self.source_iter is not None:
+            src = next(self.source_iter)
+            out_s, size = self._forward(src, ("seg", "depth"))
+            label_s = src["label"].to(dev, non_blocking=True).long()
+            depth_s = src["depth"].to(dev, non_blocking=True)
+            losses["seg_source"] = weighted_cross_entropy(upsample(out_s.seg, size), label_s, p.class_weights)
+            losses["depth"] = berhu(upsample(out_s.depth, size)[:, 0], depth_s, mask=depth_s > 0)
+            loss = loss + t.lambda_seg * losses["seg_source"] + t.lambda_dep * losses["depth"]
+        loss.backward()
+        p.optimizer.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+
+def source_class_weights(config: Config, layout: RunLayout, device: torch.device) -> torch.Tensor | None:
+    """The frequency CE weights from gmm.h5, when self-training keeps the weighted source loss."""
+    if not (config.self_train.keep_source_loss and config.train.class_weights == "frequency"):
+        return None
+    if not layout.gmm_file.is_file():
+        raise UdasegError(f"{layout.gmm_file}: not found; the weighted source loss needs it — run `udaseg fit-gmm` first")
+    gmm = load_gmm(layout.gmm_file, protocol=config.experiment.protocol, input_size=config.data.source_size)
+    return torch.as_tensor(gmm.ce_weights, dtype=torch.float32, device=device)
+
+
+def kept_fraction(layout: RunLayout, pseudo: PseudoLabelDataset) -> float:
+    """The fraction of target pixels the pseudo-labels keep: from pseudo/stats.json, or counted
+    from the label files when they came from elsewhere."""
+    if layout.pseudo_stats.is_file():
+        return float(json.loads(layout.pseudo_stats.read_text())["kept_fraction"])
+    kept = total = 0
+    for sample in pseudo.target.samples:
+        label = read_channel(pseudo.labels_dir / f"{sample.name}.png")
+        kept += int((label != IGNORE).sum())
+        total += label.numel()
+    return kept / max(total, 1)
+
+
+def check_pseudo_labels(config: Config, layout: RunLayout, pseudo: PseudoLabelDataset) -> None:
+    """Refuse labels that keep almost nothing: the loss would be ~0 and the run would learn nothing."""
+    floor = config.self_train.min_kept_fraction
+    if floor <= 0:
+        return
+    kept = kept_fraction(layout, pseudo)
+    if kept < floor:
+        raise UdasegError(
+            f"{layout.pseudo_labels_dir}: the pseudo-labels keep {kept:.2%} of the target pixels, below "
+            f"self_train.min_kept_fraction = {floor:g}; the train checkpoint is confident almost nowhere — train it "
+            "longer or lower pseudolabel.conf_threshold and re-run pseudolabel (or pass --min-kept 0 to train anyway)")
+
+
+def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = None, root=None, runs=None,
+                   resume: bool = False, progress: bool = True, workers: int | None = None) -> Path:
+    """Run stage 2; returns the path of `self_train/checkpoint_final.pt`."""
+    layout = RunLayout.for_config(config, runs)
+    folder, st, t = layout.self_train, config.self_train, config.train
+    torch.manual_seed(config.experiment.seed)
+    num_classes = get_protocol(config.experiment.protocol).num_classes
+    model = build_network(config, num_classes, env)
+    optimizer = build_sgd(model, t)
+    model = wrap_ddp(model, env, find_unused=True)
+    parts = TrainParts(model, optimizer, class_weights=source_class_weights(config, layout, env.device))
+
+    state = resume_or_refuse(folder, config, parts, env, resume)
+    start = int(state["iteration"]) if state else 0
+    if not resume:  # start from the train checkpoint, with a fresh optimizer
+        init = init_checkpoint or layout.train.final
+        state = load_checkpoint(init, map_location=env.device)
+        check_compatible(state, config, init)
+        unwrap(model).load_state_dict(state["model"])
+
+    workers = config.data.num_workers if workers is None else workers
+    configure_cpu_threads(env, workers)
+    seed = config.experiment.seed
+    pseudo = PseudoLabelDataset(target_dataset(config, config.data.target_train_split, root), layout.pseudo_labels_dir)
+    check_pseudo_labels(config, layout, pseudo)
+    target_iter = sampled_batches(pseudo, st.batch_size, workers, seed + 2, start, env)
+    source_iter = None
+    if st.keep_source_loss:
+        source_iter = sampled_batches(source_dataset(config, root), t.batch_size_source, workers, seed + 3, start, env)
+    if resume:  # iter(loader) draws a base seed from the global RNG: restore it after, not before
+        set_rng_state(state["rng"])
+    if env.is_main:
+        write_config(folder.path, config)
+
+    spec = LoopSpec(
+        out_dir=folder.path, total_iterations=st.iterations, start_iteration=start,
+        checkpoint_every=t.checkpoint_every, log_every=t.log_every,
+        images_per_step=st.batch_size + (t.batch_size_source if source_iter else 0),
+        description=f"self-train {config.experiment.name}",
+        step=SelfTrainStep(config, parts, env, target_iter, source_iter),
+        state=lambda it: training_state(config, parts, it, "self_train"),
+        lrs=lambda: {"lr": optimizer.param_groups[0]["lr"]}, progress=progress,
+        on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
+    )
+    run_loop(spec, env)
+    return folder.final
