@@ -413,3 +413,65 @@ def test_fit_gmm_command_end_to_end(tmp_path):
     no_fit = CliRunner().invoke(app, [*args, "--no-fit", "--set", "experiment.name=u"])
     assert no_fit.exit_code == 0 and "nothing written" in no_fit.output
     assert not (tmp_path / "runs" / "u").exists()
+
+
+# ------------------------------------------------------------------ squash at the reference grid
+
+
+def test_squash_rescaling_is_exactly_one_at_the_reference_grid():
+    from udaseg.gmm import rescaled_squash_scale
+
+    assert rescaled_squash_scale(1e6, (161, 96), (161, 96)) == 1e6
+    assert rescaled_squash_scale(1e6, (161, 96), (25, 15)) == pytest.approx(1e6 * 375 / 15456, rel=1e-12)
+    assert rescaled_squash_scale(1e6, (0, 0), (25, 15)) == 1e6  # no reference: unscaled (the release)
+
+
+def test_rescaled_targets_mean_the_same_scene_on_every_grid():
+    """One scene, one GMM, expressed on a 161×96 grid and on a 25×15 one: with the constant
+    rescaled by area the squashed targets agree; without it the small grid saturates."""
+    from udaseg.pipeline.fit_gmm import build_model
+
+    rng = np.random.default_rng(3)
+    big, small = (161, 96), (25, 15)
+    s = np.array([small[0] / big[0], small[1] / big[1], 1.0])  # column, row scale; depth unchanged
+    means = np.array([[80.0, 60.0, 120.0], [30.0, 70.0, 400.0]])
+    var = np.array([[400.0, 90.0, 900.0], [200.0, 50.0, 4000.0]])
+    gmm_big = ClassGMM(np.array([0.6, 0.4]), means, np.stack([np.diag(v) for v in var]), 1000)
+    gmm_small = ClassGMM(np.array([0.6, 0.4]), means * s, np.stack([np.diag(v * s * s) for v in var]), 1000)
+    pts_big = rng.multivariate_normal(means[0], np.diag(var[0]), size=400)
+    res = lambda pts: PassResult([pts.astype(np.float32)], np.array([400]), np.array([400]), 1, 0.0)  # noqa: E731
+    a = build_model(res(pts_big), [gmm_big], "test", ["c"], "diag", big, (1280, 760), 1e6, 255.0, 0, "",
+                    squash_reference_grid=big)
+    b = build_model(res(pts_big * s), [gmm_small], "test", ["c"], "diag", small, (192, 114), 1e6, 255.0, 0, "",
+                    squash_reference_grid=big)
+    assert a.squash_scale == 1e6  # the reference grid's targets are exactly the paper's
+    assert b.squash_scale == pytest.approx(1e6 * 375 / 15456)
+    cls = torch.zeros(400, dtype=torch.long)
+    t_big = a.squash_log(a.log_pdf(torch.as_tensor(pts_big), cls))
+    t_small = b.squash_log(b.log_pdf(torch.as_tensor(pts_big * s), cls))
+    torch.testing.assert_close(t_small, t_big, rtol=1e-9, atol=1e-9)
+    assert 20 < float(t_big.median()) < 250  # a real distribution, not a mask
+    unscaled = build_model(res(pts_big * s), [gmm_small], "test", ["c"], "diag", small, (192, 114), 1e6, 255.0, 0,
+                           "", squash_reference_grid=(0, 0))
+    assert unscaled.squash_scale == 1e6 and unscaled.target_stats["target_fraction_saturated"][0] > 0.9
+
+
+def test_target_statistics_match_a_sklearn_reference(tmp_path):
+    from udaseg.pipeline.fit_gmm import build_model
+
+    model, sk = _random_model("diag", num_classes=3, seed=4)
+    rng = np.random.default_rng(5)
+    samples = [rng.uniform([0, 0, 1], [GRID[0], GRID[1], 200], size=(300, 3)).astype(np.float32) for _ in range(3)]
+    res = PassResult(samples, np.array([300] * 3), np.array([300] * 3), 1, 0.0, invdepth_median=42.0)
+    built = build_model(res, model.gmms, "test", model.class_names, "diag", GRID, (56, 40), 3e2, 255.0, 0, "",
+                        squash_reference_grid=(0, 0))
+    for c in range(3):
+        t = 255.0 * (1 - np.exp(-3e2 * np.exp(sk[c].score_samples(samples[c].astype(np.float64)))))
+        assert built.target_stats["target_fraction_zero"][c] == pytest.approx(np.mean(t < 0.5))
+        assert built.target_stats["target_fraction_saturated"][c] == pytest.approx(np.mean(t >= 0.99 * 255))
+        assert built.target_stats["target_median_positive"][c] == pytest.approx(np.median(t[t >= 0.5]), rel=1e-6)
+    write_gmm(tmp_path / "g.h5", built)
+    back = load_gmm(tmp_path / "g.h5")
+    assert back.invdepth_median == 42.0 and back.squash_reference_grid == GRID
+    for key, values in built.target_stats.items():
+        np.testing.assert_allclose(back.target_stats[key], values)

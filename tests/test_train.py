@@ -168,7 +168,7 @@ def assert_identical(a, b, where: str = "") -> None:
 
 
 def losses_of(record: dict) -> set[str]:
-    return set(record) - {"iteration", "time", "images_per_s", "lr", "lr_disc"}
+    return {k for k in record if not k.startswith("health/")} - {"iteration", "time", "images_per_s", "lr", "lr_disc"}
 
 
 # ----------------------------------------------------------------------------- 1. it learns
@@ -204,6 +204,12 @@ def test_m2_writes_every_loss_finite(m2_run):
         assert r["lr_disc"] == pytest.approx(1e-3 * (1 - (r["iteration"] - 1) / 4) ** 0.9, rel=1e-12)
     # a fresh discriminator cannot tell the domains apart: (BCE(·,0) + BCE(·,1)) / 2 ≈ ln 2
     assert log[0]["disc"] == pytest.approx(math.log(2), abs=0.05)
+    # the heads' health: a depth head near 0 predicts "very far" everywhere, AbsRel ≈ 1 (< 1 + ε);
+    # the density errors are finite and non-negative
+    for r in log:
+        assert {"health/depth_absrel", "health/density_mae_src", "health/density_mae_tgt"} <= set(r)
+        assert 0.0 <= r["health/density_mae_src"] and 0.0 <= r["health/density_mae_tgt"]
+        assert math.isfinite(r["health/depth_absrel"]) and r["health/depth_absrel"] >= 0.0
     final = load_checkpoint(out / CHECKPOINT_FINAL)
     assert final["iteration"] == 4 and final["num_classes"] == 16 and final["stage"] == "stage1"
     assert {"model", "optimizer", "disc", "optimizer_disc", "rng"} <= set(final)
@@ -443,3 +449,64 @@ def test_resumable_sampler(n):
     assert take(unshuffled, n) == (list(range(1, n, 2)) * n)[:n]
     with pytest.raises(ValueError):
         ResumableSampler(0, seed=0)
+
+
+# ----------------------------------------------------------------------------- 9. what each ablation feeds D
+
+
+def _record_step(cfg, data, runs, monkeypatch):
+    """One step; returns (model outputs in call order, discriminator inputs in call order)."""
+    from udaseg.model import SegDepthNet
+
+    outputs, disc_inputs = [], []
+    real_forward = SegDepthNet.forward
+
+    def forward(self, x, heads=("seg", "depth", "density")):
+        out = real_forward(self, x, heads=heads)
+        outputs.append((tuple(x.shape[-2:]), {k: getattr(out, k).detach().clone() for k in heads}))
+        return out
+
+    monkeypatch.setattr(SegDepthNet, "forward", forward)
+    parts = stage1.build_parts(cfg, DistEnv(), data, RunLayout.for_config(cfg, runs))
+    real_disc = parts.disc.forward
+    parts.disc.forward = lambda f: (disc_inputs.append(f.detach().clone()), real_disc(f))[1]
+    src = stage1.sampled_batches(stage1.source_dataset(cfg, data), 2, 0, 0, 0, DistEnv())
+    tgt = stage1.sampled_batches(stage1.target_dataset(cfg, "train", data), 2, 0, 1, 0, DistEnv())
+    stage1.Stage1Step(cfg, parts, DistEnv(), src, tgt)(0)
+    return outputs, disc_inputs
+
+
+@pytest.mark.parametrize("ablation, weight", [("advent", None), ("dada", "depth"), ("m1", None), ("m2", "density")])
+def test_each_ablation_feeds_the_discriminator_its_input(ablation, weight, data, runs, monkeypatch):
+    """F̂ = entropy(softmax(upsampled logits)) × (1 | upsampled inverse depth | upsampled density),
+    computed here from the recorded head outputs with torch.nn.functional directly."""
+    import torch.nn.functional as F
+
+    cfg = config(train__ablation=ablation, train__iterations=1)
+    outputs, disc_inputs = _record_step(cfg, data, runs, monkeypatch)
+    (size_s, out_s), (size_t, out_t) = outputs
+    heads_s, heads_t, _ = stage1.ABLATIONS[ablation]
+    assert set(out_s) == set(heads_s) and set(out_t) == set(heads_t)
+    assert ablation != "advent" or "depth" not in out_s  # ADVENT: no depth head at all
+
+    def expected(out, size):
+        p = F.softmax(F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=True), dim=1)
+        ent = -(p * torch.log2(p + 1e-30)) / math.log2(p.shape[1])
+        if weight is None:
+            return ent
+        return ent * F.interpolate(out[weight], size=size, mode="bilinear", align_corners=True)
+
+    f_t_gen, f_s, f_t = disc_inputs  # generator pass on the target, then D on source and target
+    torch.testing.assert_close(f_t_gen, expected(out_t, size_t), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(f_s, expected(out_s, size_s), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(f_t, f_t_gen)
+    if weight is None:  # entropy alone: every channel in [0, 1] and sums to the normalised entropy
+        assert float(f_s.min()) >= 0 and float(f_s.sum(1).max()) <= 1 + 1e-5
+
+
+def test_depth_health_is_absrel_in_metres():
+    gt = torch.tensor([[[65536.0 / 1001, 65536.0 / 2001, 0.0]]])  # 10 m, 20 m, invalid
+    pred = torch.tensor([[[65536.0 / 1101, 65536.0 / 2001, 5.0]]])  # 11 m, 20 m, ignored
+    value = float(stage1.depth_health(pred, gt)["health/depth_absrel"])
+    assert value == pytest.approx((0.1 + 0.0) / 2, rel=1e-5)
+    assert stage1.depth_health(pred, torch.zeros_like(gt)) == {}

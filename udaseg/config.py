@@ -36,9 +36,9 @@ class DataConfig:
 
     root: str = ""  # data root of this recipe; --data-root and $UDASEG_DATA take precedence
     source_root: str = "SYNTHIA-RAND-CITYSCAPES"
-    source_format: Literal["synthia"] = "synthia"
+    source_format: Literal["synthia", "generic"] = "synthia"  # generic: see [generic]
     target_root: str = "cityscapes"
-    target_format: Literal["cityscapes", "mapillary", "folder"] = "cityscapes"
+    target_format: Literal["cityscapes", "mapillary", "folder", "generic"] = "cityscapes"
     target_train_split: str = "train"
     target_val_split: str = "val"
     source_size: Size = (1280, 760)
@@ -63,6 +63,10 @@ class GMMConfig:
     max_components: int = 8
     squash_scale: float = 1e6
     squash_max: float = 255.0
+    # the output grid (width, height) at which squash_scale is defined; on another grid the
+    # constant is rescaled by area so the targets mean the same (the paper's 161x96 for
+    # 1280x760). [0, 0] = use squash_scale unscaled on every grid (the release's behaviour)
+    squash_reference_grid: Size = (161, 96)
     max_images: int = 0  # 0 = the whole source set
 
 
@@ -71,7 +75,9 @@ class TrainConfig:
     # paper Table 3: m1 = seg + depth (F̂ = entropy), m2 = + density (the paper's full stage 1);
     # source_only = weighted CE on the source alone; oracle = CE on the target's own labels
     # (an upper bound where the target is labelled). M3 / M4 are pseudolabel without / with refine.
-    ablation: Literal["source_only", "m1", "m2", "oracle"] = "m2"
+    # paper Table 1 baselines: advent = F̂ = entropy, no depth; dada = F̂ = entropy × predicted
+    # inverse depth, the source depth supervising the depth head (DADA, Vu et al. 2019)
+    ablation: Literal["source_only", "advent", "dada", "m1", "m2", "oracle"] = "m2"
     iterations: int = 54_000
     batch_size_source: int = 1
     batch_size_target: int = 1
@@ -122,6 +128,46 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ProtocolConfig:
+    """A class protocol defined in the recipe, for a `experiment.protocol` that is not built in.
+
+    `classes` are the names in index order; `source_ids[i]` / `target_ids[i]` the raw label ids
+    of class i in the source / target label files (empty = the files already hold class indices
+    0..C-1, 255 = ignore); every other id is ignore. `palette` is one [r, g, b] per class (empty =
+    default colours), `miou_star` the class names of the mIoU* subset (empty = none), `ignore_ids`
+    raw ids that are ignore on purpose (check-data does not flag them).
+    """
+
+    classes: tuple[str, ...] = ()
+    source_ids: tuple[tuple[int, ...], ...] = ()
+    target_ids: tuple[tuple[int, ...], ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    miou_star: tuple[str, ...] = ()
+    ignore_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenericConfig:
+    """File layout and depth encoding of `data.source_format` / `data.target_format` = "generic":
+    `<root>/<image_dir>/**/*.png|jpg`, the label PNG and depth image of each at the same relative
+    path under `<label_dir>` / `<depth_dir>` (a target adds the split: `<root>/<split>/<image_dir>`).
+
+    A depth file holds a stored value p per pixel (a 1-channel PNG, 8/16 bit, or a float .npy);
+    p = `depth_invalid` means no depth; v = p · `depth_scale` is depth (`depth_encoding = "depth"`)
+    or 1/depth (`"inverse_depth"`) in `depth_unit` (m, cm, mm). Non-positive or non-finite v: no depth.
+    """
+
+    image_dir: str = "images"
+    label_dir: str = "labels"
+    depth_dir: str = "depth"
+    label_channel: int = 0
+    depth_encoding: Literal["depth", "inverse_depth"] = "depth"
+    depth_unit: Literal["m", "cm", "mm"] = "m"
+    depth_scale: float = 1.0
+    depth_invalid: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -131,6 +177,8 @@ class Config:
     pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    generic: GenericConfig = field(default_factory=GenericConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -157,6 +205,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
@@ -228,6 +280,7 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("gmm.points_per_class", lambda v: v > 0, "> 0"),
     ("gmm.squash_scale", lambda v: v > 0, "> 0"),
     ("gmm.squash_max", lambda v: v > 0, "> 0"),
+    ("gmm.squash_reference_grid", lambda v: all(x >= 0 for x in v), "≥ 0 (or [0, 0] = no rescaling)"),
     ("gmm.max_images", lambda v: v >= 0, "≥ 0 (0 = all)"),
     ("train.iterations", lambda v: v > 0, "> 0"),
     ("train.batch_size_source", lambda v: v > 0, "> 0"),
@@ -252,6 +305,8 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("self_train.min_kept_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("eval.batch_size", lambda v: v > 0, "> 0"),
     ("eval.num_figure_samples", lambda v: v >= 0, "≥ 0"),
+    ("generic.label_channel", lambda v: v >= 0, "≥ 0"),
+    ("generic.depth_scale", lambda v: v > 0 and v != float("inf"), "> 0 and finite"),
 )
 
 
@@ -265,9 +320,10 @@ def validate(config: Config) -> None:
         if not ok(value):
             raise ConfigError(f"{dotted} = {value!r}: must be {what}")
     protocol = config.experiment.protocol
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"experiment.protocol = {protocol!r}: unknown class protocol; "
-                          f"choose one of {', '.join(sorted(PROTOCOLS))}")
+    if config.protocol.classes or protocol not in PROTOCOLS:
+        from udaseg.data.recipe_protocol import register_recipe_protocol
+
+        register_recipe_protocol(config)  # a [protocol] section: checked, then known by name
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -41,7 +41,39 @@ DEPTH_OFFSET_CM = 1.0
 DEPTH_ENCODING = "inverse_depth = 65536 / (depth_cm + 1)"
 COVARIANCE_TYPES = ("diag", "spherical", "full", "tied")
 FALLBACKS = ("none", "reduced_k", "pooled")
+TARGET_STATS = ("target_fraction_zero", "target_fraction_saturated", "target_median_positive")
 _FIX = "re-run `udaseg fit-gmm` with this recipe"
+
+
+def rescaled_squash_scale(scale: float, reference_grid: Sequence[int], grid: Sequence[int]) -> float:
+    """The squash constant for `grid` that gives the targets it gives at `reference_grid`.
+
+    The pdf over (column, row, inverse depth) integrates to 1 over the grid, so it scales with
+    1 / (grid area): on a grid with a quarter of the pixels every density is 4× larger. Scaling
+    the constant by area keeps squash(p) = max·(1 − exp(−scale·p)) the same function of the
+    scene; at the reference grid (the paper's 161×96 for 1280×760) the factor is exactly 1.
+    """
+    ref_area = float(reference_grid[0]) * float(reference_grid[1])
+    if ref_area <= 0:
+        return float(scale)
+    return float(scale) * (float(grid[0]) * float(grid[1])) / ref_area
+
+
+def target_statistics(model: "DepthGMM", samples: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per class, what the source target D_s looks like on correctly predicted pixels (the
+    class's own sampled points): the fraction ≈ 0 (< 0.5, i.e. 0 as an 8-bit value), the
+    fraction saturated (≥ 0.99·max) and the median of the positive values."""
+    zero, sat, median = (np.full(model.num_classes, np.nan) for _ in range(3))
+    for c, pts in enumerate(samples):
+        if len(pts) == 0:
+            continue
+        feats = torch.as_tensor(np.asarray(pts, dtype=np.float64))
+        t = model.squash_log(model.log_pdf(feats, torch.full((len(pts),), c))).numpy()
+        zero[c] = float(np.mean(t < 0.5))
+        sat[c] = float(np.mean(t >= 0.99 * model.squash_max))
+        pos = t[t >= 0.5]
+        median[c] = float(np.median(pos)) if len(pos) else 0.0
+    return {"target_fraction_zero": zero, "target_fraction_saturated": sat, "target_median_positive": median}
 
 
 def class_weights(counts: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -118,8 +150,12 @@ class DepthGMM:
     grid_size: tuple[int, int]  # (width, height) of the output grid the features live on
     input_size: tuple[int, int]  # (width, height) of the network input the grid comes from
     pixel_counts: np.ndarray  # [C] labelled source pixels per class, counted on the grid
-    squash_scale: float = 1e6
+    squash_scale: float = 1e6  # the constant the targets use on this grid (rescaled from the reference)
     squash_max: float = 255.0
+    squash_reference_scale: float | None = None  # the recipe's constant, defined at squash_reference_grid
+    squash_reference_grid: tuple[int, int] | None = None
+    invdepth_median: float = float("nan")  # median source inverse depth (valid labelled grid pixels)
+    target_stats: dict[str, np.ndarray] = field(default_factory=dict)  # see `target_statistics`
     num_images: int = 0
     seed: int = 0
     config_toml: str = ""
@@ -284,6 +320,10 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
             a["input_size"] = np.asarray(model.input_size, dtype=np.int64)
             a["squash_scale"] = float(model.squash_scale)
             a["squash_max"] = float(model.squash_max)
+            a["squash_reference_scale"] = float(model.squash_scale if model.squash_reference_scale is None
+                                                else model.squash_reference_scale)
+            a["squash_reference_grid"] = np.asarray(model.squash_reference_grid or model.grid_size, dtype=np.int64)
+            a["invdepth_median"] = float(model.invdepth_median)
             a["num_images"] = int(model.num_images)
             a["seed"] = int(model.seed)
             f.create_dataset("class_names", data=np.array(model.class_names, dtype=h5py.string_dtype()))
@@ -292,6 +332,8 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
             stats.create_dataset("pixel_counts", data=np.asarray(model.pixel_counts, dtype=np.int64))
             stats.create_dataset("frequencies", data=freq)
             stats.create_dataset("ce_weights", data=weights)
+            for key, values in model.target_stats.items():
+                stats.create_dataset(key, data=np.asarray(values, dtype=np.float64))
             classes = f.create_group("classes")
             for c, (name, g) in enumerate(zip(model.class_names, model.gmms)):
                 grp = classes.create_group(f"{c:02d}")
@@ -388,9 +430,15 @@ def _read(f, path: Path) -> DepthGMM:
             raise UdasegError(f"{path}: {where}/weights do not sum to 1; {_FIX}")
         gmms.append(ClassGMM(w, mu, cov, int(grp.attrs.get("n_points", 0)), _str(grp.attrs.get("fallback", "none")),
                              bool(grp.attrs.get("converged", True))))
+    grid = tuple(int(v) for v in a["grid_size"])
+    stats = {key: np.asarray(f[f"class_stats/{key}"][()], dtype=np.float64) for key in TARGET_STATS
+             if f"class_stats/{key}" in f}
     return DepthGMM(
         protocol=_str(a["protocol"]), class_names=names, gmms=gmms, covariance_type=cov_type,
-        grid_size=tuple(int(v) for v in a["grid_size"]), input_size=tuple(int(v) for v in a["input_size"]),
+        grid_size=grid, input_size=tuple(int(v) for v in a["input_size"]),
         pixel_counts=counts, squash_scale=float(a["squash_scale"]), squash_max=float(a["squash_max"]),
+        squash_reference_scale=float(a.get("squash_reference_scale", a["squash_scale"])),
+        squash_reference_grid=tuple(int(v) for v in a.get("squash_reference_grid", grid)),
+        invdepth_median=float(a.get("invdepth_median", float("nan"))), target_stats=stats,
         num_images=int(a.get("num_images", 0)), seed=int(a.get("seed", 0)), config_toml=_str(f["config"][()]),
     )

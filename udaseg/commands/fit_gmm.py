@@ -62,7 +62,27 @@ def fit_gmm(
         table.add_row(name, f"{g.n_points:,}", f"{int(res.seen[c]):,}", f"{model.frequencies[c]:.5f}",
                       f"{model.ce_weights[c]:.3f}", str(g.n_components), "" if g.fallback == "none" else g.fallback)
     console.print(table)
+    stats = model.target_stats
+    targets = Table(title=f"source density target D_s on correctly predicted pixels (0..{model.squash_max:g})")
+    for column, justify in (("class", "left"), ("zero", "right"), ("≥ 0.99·max", "right"), ("median > 0", "right")):
+        targets.add_column(column, justify=justify)
+    for c, name in enumerate(model.class_names):
+        targets.add_row(name, _pct(stats["target_fraction_zero"][c]), _pct(stats["target_fraction_saturated"][c]),
+                        _num(stats["target_median_positive"][c]))
+    console.print(targets)
+    console.print(f"squash constant {model.squash_scale:.4g} on the {model.grid_size[0]}×{model.grid_size[1]} grid "
+                  f"(recipe: {model.squash_reference_scale:.4g} at {model.squash_reference_grid[0]}×"
+                  f"{model.squash_reference_grid[1]}); source median inverse depth {model.invdepth_median:.1f}",
+                  highlight=False)
     console.print(f"fitting: {report.fit_seconds:.1f} s; wrote {report.gmm_file}"
                   + (f" and {len(report.plots)} plots in {report.plots[0].parent}" if report.plots else ""),
                   highlight=False, soft_wrap=True)
     next_step(f"udaseg train{recipe_hint(config)}")
+
+
+def _pct(value: float) -> str:
+    return "–" if value != value else f"{value:.0%}"
+
+
+def _num(value: float) -> str:
+    return "–" if value != value else f"{value:.0f}"

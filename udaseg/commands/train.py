@@ -18,7 +18,7 @@ def train(
     data_root: DataRootOption = None,
     runs_root: RunsRootOption = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Resume from train/checkpoint_latest.pt.")] = False,
-    ablation: Annotated[Optional[str], typer.Option(help="source_only | m1 | m2 | oracle (overrides train.ablation).")] = None,
+    ablation: Annotated[Optional[str], typer.Option(help="source_only | advent | dada | m1 | m2 | oracle (overrides train.ablation).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Overrides train.iterations.")] = None,
     device: DeviceOption = None,
     workers: WorkersOption = None,

@@ -11,6 +11,10 @@ import numpy as np
 import torch
 
 INVDEPTH_SCALE = 65536.0
+# Depth range scored, in metres: 1 cm up to what SYNTHIA's 16-bit centimetres can hold.
+# Ground truth outside is not scored; predictions are clamped into it (log needs > 0).
+MIN_DEPTH_M = 0.01
+MAX_DEPTH_M = 655.35
 
 
 def centimetres_to_invdepth(cm: torch.Tensor) -> torch.Tensor:

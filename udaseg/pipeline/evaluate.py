@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from udaseg.checkpoint import load_model
 from udaseg.config import Config, to_toml
 from udaseg.data.build import source_dataset, source_root, target_dataset, target_root
-from udaseg.data.depth import INVDEPTH_SCALE, invdepth_to_metres
+from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, MIN_DEPTH_M, invdepth_to_metres
 from udaseg.data.protocols import Protocol, get_protocol
 from udaseg.data.synthia import DEPTH_DIRS, find_subdir
 from udaseg.errors import UdasegError
@@ -37,10 +37,6 @@ from udaseg.model import autocast, channels_last, normalize, upsample
 from udaseg.progress import progress_bar
 
 SUMMARY_FORMAT = "udaseg.eval.v1"
-# Depth range scored, in metres: 1 cm up to what SYNTHIA's 16-bit centimetres can hold.
-# Ground truth outside is not scored; predictions are clamped into it (log needs > 0).
-MIN_DEPTH_M = 0.01
-MAX_DEPTH_M = 655.35
 
 
 # ------------------------------------------------------------------------ data

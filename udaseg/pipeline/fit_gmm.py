@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from udaseg.gmm import ClassGMM, DepthGMM, class_weights, expand_covariances, write_gmm
+from udaseg.gmm import (ClassGMM, DepthGMM, class_weights, expand_covariances, rescaled_squash_scale,
+                        target_statistics, write_gmm)
 from udaseg.progress import progress_bar, rate_text
 
 MIN_POINTS_PER_COMPONENT = 10  # fewer points per component than this and K is reduced
@@ -96,6 +97,7 @@ class PassResult:
     pixel_counts: np.ndarray  # [C] labelled grid pixels per class
     num_images: int
     seconds: float
+    invdepth_median: float = float("nan")  # over every valid labelled grid pixel (a pooled reservoir)
 
 
 def image_points(label: torch.Tensor, invdepth: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,6 +129,7 @@ def collect(
     """Stream `items` (dicts with grid-sized "label" and "depth") into per-class reservoirs."""
     rng = np.random.default_rng(seed)
     reservoirs = [Reservoir(capacity) for _ in range(num_classes)]
+    pooled = Reservoir(capacity, dim=1)  # class-agnostic: the median inverse depth of the source
     counts = np.zeros(num_classes, dtype=np.int64)
     start = time.perf_counter()
     n = 0
@@ -134,6 +137,7 @@ def collect(
         points, classes, image_counts = image_points(item["label"], item["depth"], num_classes)
         counts += image_counts
         keys = rng.random(len(classes))
+        pooled.add(points[:, 2:], rng.random(len(classes)))
         order = np.argsort(classes, kind="stable")  # group by class without a loop over pixels
         bounds = np.searchsorted(classes[order], np.arange(num_classes + 1))
         for c in np.flatnonzero(np.diff(bounds)):
@@ -148,6 +152,7 @@ def collect(
         pixel_counts=counts,
         num_images=n,
         seconds=time.perf_counter() - start,
+        invdepth_median=float(np.median(pooled.sample())) if pooled.seen else float("nan"),
     )
 
 
@@ -285,13 +290,20 @@ def fit_all(
 
 def build_model(result: PassResult, gmms: list[ClassGMM], protocol: str, class_names: Sequence[str],
                 covariance: str, grid_size: tuple[int, int], input_size: tuple[int, int],
-                squash_scale: float, squash_max: float, seed: int, config_toml: str) -> DepthGMM:
-    return DepthGMM(
+                squash_scale: float, squash_max: float, seed: int, config_toml: str,
+                squash_reference_grid: Sequence[int] = (0, 0)) -> DepthGMM:
+    """The gmm.h5 contents; the squash constant is rescaled from `squash_reference_grid` to this
+    grid ((0, 0): used as given) and the source targets' distribution is measured with it."""
+    reference = tuple(squash_reference_grid) if all(squash_reference_grid) else tuple(grid_size)
+    model = DepthGMM(
         protocol=protocol, class_names=tuple(class_names), gmms=gmms, covariance_type=covariance,
         grid_size=tuple(grid_size), input_size=tuple(input_size), pixel_counts=result.pixel_counts,
-        squash_scale=squash_scale, squash_max=squash_max, num_images=result.num_images, seed=seed,
-        config_toml=config_toml,
+        squash_scale=rescaled_squash_scale(squash_scale, reference, grid_size), squash_max=squash_max,
+        squash_reference_scale=squash_scale, squash_reference_grid=reference,
+        invdepth_median=result.invdepth_median, num_images=result.num_images, seed=seed, config_toml=config_toml,
     )
+    model.target_stats = target_statistics(model, result.samples)
+    return model
 
 
 # ====================================================================== plots
@@ -321,7 +333,7 @@ def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, m
             pts = pts[rng.choice(len(pts), max_points, replace=False)]
         d_hi = float(np.percentile(pts[:, 2], 99.5)) * 1.1 if len(pts) else float(g.means[:, 2].max() * 2 + 1)
         d_lo = min(0.0, float(pts[:, 2].min()) if len(pts) else 0.0)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
         rows = np.linspace(0, gh - 1, 60)
         ds = np.linspace(d_lo, d_hi, 100)
         R, D = np.meshgrid(rows, ds, indexing="ij")
@@ -343,9 +355,19 @@ def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, m
         ax2.set_ylabel("density")
         ax2.set_title("depth marginal")
         ax2.legend(loc="upper right", fontsize=8)
+        if len(pts):  # what the density head is trained towards on this class's correct pixels
+            feats = torch.as_tensor(np.asarray(pts, dtype=np.float64))
+            targets = model.squash_log(model.log_pdf(feats, torch.full((len(pts),), c))).numpy()
+            ax3.hist(targets, bins=51, range=(0, model.squash_max), color="tab:green", alpha=0.7)
+        stats = {k: model.target_stats[k][c] for k in model.target_stats} if model.target_stats else {}
+        ax3.set_xlabel(f"source target D_s (squash scale {model.squash_scale:.3g})")
+        ax3.set_ylabel("points")
+        ax3.set_title("D_s on correct pixels" + (
+            f": {stats['target_fraction_zero']:.0%} zero, {stats['target_fraction_saturated']:.0%} ≥ 0.99·max, "
+            f"median {stats['target_median_positive']:.0f}" if stats else ""), fontsize=9)
         fig.suptitle(f"{c:02d} {name}: {g.n_points} points, frequency {model.frequencies[c]:.4f}"
                      + (f", fallback {g.fallback}" if g.fallback != "none" else ""))
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84, wspace=0.22)  # tight_layout costs more than the drawing
+        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.84, wspace=0.22)  # tight_layout costs more than the drawing
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
@@ -420,7 +442,8 @@ def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Pa
                            workers=fit_workers(config.data.num_workers))
         fit_seconds = time.perf_counter() - start
         model = build_model(result, gmms, protocol.name, names, gcfg.covariance, grid, config.data.source_size,
-                            gcfg.squash_scale, gcfg.squash_max, config.experiment.seed, to_toml(config))
+                            gcfg.squash_scale, gcfg.squash_max, config.experiment.seed, to_toml(config),
+                            gcfg.squash_reference_grid)
         freq, weights, absent = class_weights(result.pixel_counts)
         if absent:
             warnings.warn("classes absent from the source labels: " + ", ".join(names[i] for i in absent)

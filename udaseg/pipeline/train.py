@@ -20,6 +20,7 @@ import torch
 
 from udaseg.config import Config, data_root, resolve_under
 from udaseg.data.build import source_dataset, target_dataset
+from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
 from udaseg.data.protocols import get_protocol
 from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
                            plot_progress, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr, set_rng_state,
@@ -60,12 +61,12 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
     check_trainable(model, config, env.device)
     optimizer = build_sgd(model, t)
     disc = optimizer_disc = None
-    if t.ablation in ("m1", "m2"):
+    if t.ablation in ADVERSARIAL:
         disc = Discriminator(num_classes, ndf=t.disc_width).to(env.device)
         optimizer_disc = torch.optim.Adam(disc.parameters(), lr=t.lr_disc, betas=t.disc_betas)
         disc = wrap_ddp(disc, env)
     # ablations leave the depth / density heads unused: DDP must not wait for their grads
-    model = wrap_ddp(model, env, find_unused=t.ablation != "m2")
+    model = wrap_ddp(model, env, find_unused=t.ablation != "m2")  # m2 is the only one that uses every head
     weights = None
     if t.class_weights == "frequency":
         weights = torch.as_tensor(gmm.ce_weights, dtype=torch.float32, device=env.device)
@@ -81,11 +82,7 @@ class Stage1Step:
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
         self.source_iter, self.target_iter = source_iter, target_iter
         self.backbone = config.model.backbone
-        self.heads = {"source_only": ("seg",), "oracle": ("seg",), "m1": ("seg", "depth"),
-                      "m2": ("seg", "depth", "density")}[self.t.ablation]
-        # M1 aligns entropy alone: its target pass needs no depth, and under DDP a head whose output
-        # reaches no loss would leave the reducer waiting for its gradients
-        self.target_heads = ("seg",) if self.t.ablation == "m1" else self.heads
+        self.heads, self.target_heads, self.adv_weight = ABLATIONS[self.t.ablation]
 
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
@@ -106,15 +103,19 @@ class Stage1Step:
             out_s = p.model(x_s, heads=self.heads)
         losses["seg"] = weighted_cross_entropy(upsample(out_s.seg, size_s), label_s, p.class_weights)
         loss_s = t.lambda_seg * losses["seg"]
+        health: dict[str, torch.Tensor] = {}
         if "depth" in self.heads:
             depth_s = src["depth"].to(dev, non_blocking=True)
-            losses["depth"] = berhu(upsample(out_s.depth, size_s)[:, 0], depth_s, mask=depth_s > 0)
+            pred_depth_s = upsample(out_s.depth, size_s)[:, 0]
+            losses["depth"] = berhu(pred_depth_s, depth_s, mask=depth_s > 0)
             loss_s = loss_s + t.lambda_dep * losses["depth"]
+            health.update(depth_health(pred_depth_s.detach(), depth_s))
         if "density" in self.heads:
             grid_hw = tuple(out_s.seg.shape[-2:])
             d_s = p.gmm.source_target(out_s.seg.detach().argmax(1), to_grid(label_s, grid_hw), to_grid(depth_s, grid_hw))
             losses["density_src"] = berhu(out_s.density[:, 0].float(), d_s.float())
             loss_s = loss_s + t.lambda_bal * losses["density_src"]
+            health["health/density_mae_src"] = (out_s.density[:, 0].detach().float() - d_s.float()).abs().mean()
         loss_s.backward()
 
         if p.disc is not None:
@@ -131,11 +132,10 @@ class Stage1Step:
                 loss_t = t.lambda_tar * losses["density_tgt"]
                 if self.env.distributed:  # the target depth only feeds D_t (detached); DDP needs a grad
                     loss_t = loss_t + 0.0 * out_t.depth.float().sum()
-                dens_t, dens_s = out_t.density.float(), out_s.density.detach().float()
-            else:  # M1: F̂ is the entropy map alone
-                dens_s = torch.ones_like(out_s.seg[:, :1], dtype=torch.float32)
-                dens_t = torch.ones_like(out_t.seg[:, :1], dtype=torch.float32)
-            f_t = adversarial_input(out_t.seg.float(), dens_t, size_t)
+                health["health/density_mae_tgt"] = (out_t.density[:, 0].detach().float() - d_t.float()).abs().mean()
+            # F̂ = entropy × this map: 1 (ADVENT, M1), predicted inverse depth (DADA), predicted density (M2)
+            weight_s, weight_t = adversarial_weights(self.adv_weight, out_s, out_t)
+            f_t = adversarial_input(out_t.seg.float(), weight_t, size_t)
             disc = unwrap(p.disc)
             disc.requires_grad_(False)
             losses["adv"] = bce_adv(disc(f_t), SOURCE_LABEL)
@@ -145,7 +145,7 @@ class Stage1Step:
             # ---- discriminator on detached maps
             set_lr(p.optimizer_disc, poly_lr(t.lr_disc, iteration, t.iterations, t.power))
             p.optimizer_disc.zero_grad(set_to_none=True)
-            f_s = adversarial_input(out_s.seg.detach().float(), dens_s, size_s)
+            f_s = adversarial_input(out_s.seg.detach().float(), weight_s, size_s)
             loss_d_s = bce_adv(p.disc(f_s), SOURCE_LABEL) / 2
             loss_d_s.backward()
             loss_d_t = bce_adv(p.disc(f_t.detach()), TARGET_LABEL) / 2
@@ -153,7 +153,44 @@ class Stage1Step:
             losses["disc"] = loss_d_s.detach() + loss_d_t.detach()
             p.optimizer_disc.step()
         p.optimizer.step()
-        return {k: v.detach() for k, v in losses.items()}
+        return {**{k: v.detach() for k, v in losses.items()}, **health}
+
+
+# ablation -> (heads on the source, heads on the target, what multiplies the entropy map in F̂).
+# advent: ADVENT (entropy alone, no depth); dada: DADA's depth-aware input (entropy × predicted
+# inverse depth, the source depth supervising it as privileged information); m1: seg + depth,
+# entropy alone; m2: the paper's full train (entropy × predicted density). Heads whose output
+# reaches no loss are not run: under DDP the reducer would wait for their gradients.
+ABLATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
+    "source_only": (("seg",), (), None),
+    "oracle": (("seg",), (), None),
+    "advent": (("seg",), ("seg",), None),
+    "dada": (("seg", "depth"), ("seg", "depth"), "depth"),
+    "m1": (("seg", "depth"), ("seg",), None),
+    "m2": (("seg", "depth", "density"), ("seg", "depth", "density"), "density"),
+}
+ADVERSARIAL = tuple(name for name, (_, target_heads, _) in ABLATIONS.items() if target_heads)
+
+
+def adversarial_weights(head: str | None, out_s, out_t) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maps that weight the entropy in F̂ for (source, target): the source one detached
+    (it only trains the discriminator), the target one live (the generator learns through it)."""
+    if head is None:
+        return (torch.ones_like(out_s.seg[:, :1], dtype=torch.float32),
+                torch.ones_like(out_t.seg[:, :1], dtype=torch.float32))
+    return getattr(out_s, head).detach().float(), getattr(out_t, head).float()
+
+
+def depth_health(pred_invdepth: torch.Tensor, gt_invdepth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How well the depth head agrees with the source depth: AbsRel in metres over valid pixels
+    (the prediction clamped into the scored range, as eval does)."""
+    valid = gt_invdepth > 0
+    if not bool(valid.any()):
+        return {}
+    floor = INVDEPTH_SCALE / (MAX_DEPTH_M * 100.0 + 1.0)
+    pred_m = invdepth_to_metres(pred_invdepth.float().clamp_min(floor))
+    gt_m = invdepth_to_metres(gt_invdepth.float())
+    return {"health/depth_absrel": ((pred_m - gt_m).abs() / gt_m)[valid].mean()}
 
 
 def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
