@@ -16,7 +16,7 @@ RUNS     ?= runs
 DATASETS ?= $(UDASEG_DATA)
 INIT     ?=
 
-.PHONY: help install test demo demo-data check-demo clean-demo ablation require-datasets \
+.PHONY: help install test gpu-check demo demo-data check-demo clean-demo ablation require-datasets \
         syn2city16 syn2city16-low syn2city7 syn2city7-low syn2map7 syn2map7-low
 
 help:  ## list the targets
@@ -26,13 +26,22 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch torchvision
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,export,tb,video]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install udaseg with its dependencies
 
 test: $(STAMP)  ## run the test suite (CPU, tiny images; a few minutes)
 	$(PY) -m pytest tests
+
+# ---- every CUDA path proved and timed in one command (< 8 min on a GPU; CPU: correctness subset) --
+# No install step: PYTHON_GPU is any interpreter holding torch, triton, scipy, ... (the package is
+# imported from this tree). Report: $(GPU_REPORT_DIR)/gpu_report.md and .json. See bench/gpu_check.py.
+PYTHON_GPU     ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_REPORT_DIR ?= runs/gpu-check
+
+gpu-check:  ## prove + time every CUDA path in < 8 min (PYTHON_GPU=python3 on a GPU machine; CPU: subset)
+	GPU_REPORT_DIR=$(GPU_REPORT_DIR) $(PYTHON_GPU) bench/gpu_check.py
 
 # ---- one pipeline: fit-gmm -> train -> pseudolabel --refine -> self-train -> eval ----------
 # $(1) target name, $(2) recipe (stages/$(2).toml), $(3) run name, $(4) extra options,
@@ -98,8 +107,8 @@ syn2city7-low:  ## the same at 640x320
 syn2map7:  ## SYNTHIA -> Mapillary Vistas 7 classes
 syn2map7-low:  ## the same at 640x320
 
-# ---- paper Table 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" -----------
-# source_only / oracle / m1 / m2 are stage-1 runs; m3 and m4 self-train from m2's checkpoint
+# ---- paper Tables 1 + 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" ------
+# source_only / advent / dada / m1 / m2 / oracle are train runs; m3 and m4 self-train from m2's checkpoint
 # on pseudo-labels without / with the spatial prior. One gmm.h5 serves every run.
 # RECIPE=demo16 runs the same table with the 16-class recipe.
 RECIPE   ?= demo
@@ -116,7 +125,8 @@ $(ABL)/$(1)_s$(2)/train/checkpoint_final.pt: $(ABL)/shared/gmm/gmm.h5
 	rm -rf $(ABL)/$(1)_s$(2) && mkdir -p $(ABL)/$(1)_s$(2)/gmm && cp $$< $(ABL)/$(1)_s$(2)/gmm/
 	$(UDASEG) train $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) --ablation $(1)
 $(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/train/checkpoint_final.pt
-	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --label $(1)
+	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint best --name best --label '$(1) (best on val)'
+	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
 
 # $(1) setting (m3 | m4), $(2) seed, $(3) --refine / --no-refine
@@ -126,13 +136,20 @@ $(ABL)/$(1)_s$(2)/self_train/checkpoint_final.pt: $(ABL)/m2_s$(2)/train/checkpoi
 	$(UDASEG) pseudolabel $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint $$< $(3)
 	$(UDASEG) self-train $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) --checkpoint $$<
 $(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/self_train/checkpoint_final.pt
-	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --label $(1)
+	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint best --name best --label '$(1) (best on val)'
+	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
 
-$(foreach s,$(SEEDS),$(foreach x,source_only oracle m1 m2,$(eval $(call ABLATION_STAGE1,$(x),$(s)))))
+ABL_STAGE1 := source_only advent dada m1 m2 oracle
+$(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1),$(eval $(call ABLATION_STAGE1,$(x),$(s)))))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m3,$(s),--no-refine)))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
-ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
+ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only advent dada m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
+ABL_RESULTS   ?= results/ablation_$(RECIPE).json
+# each run is scored twice: its final checkpoint (eval/) and its best on the target val (eval/best/, train.eval_every):
+# the table has both rows; best-on-val is model selection on target labels, final the clean number
+ABL_BEST      := $(subst /eval/summary.json,/eval/best/summary.json,$(ABL_SUMMARIES))
 
-ablation: $(ABL_SUMMARIES)  ## paper Table 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2; RECIPE=demo16)
-	$(UDASEG) compare $(ABL_SUMMARIES) --out $(ABL)/table.md
+ablation: $(ABL_SUMMARIES)  ## paper Tables 1 + 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2; RECIPE=demo16)
+	@mkdir -p $(dir $(ABL_RESULTS))
+	$(UDASEG) compare $(ABL_SUMMARIES) $(ABL_BEST) --out $(ABL)/table.md --json $(ABL_RESULTS)

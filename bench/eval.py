@@ -37,6 +37,25 @@ from udaseg.model import model_from_config, normalize  # noqa: E402
 from udaseg.model import autocast  # noqa: E402
 
 
+@torch.inference_mode()
+def forward_rate(model, batches: list[torch.Tensor], backbone: str, dev: torch.device, heads: tuple[str, ...],
+                 amp: bool = True) -> float:
+    """Images/s of the model alone on already-decoded, already-resized uint8 batches, as eval runs it
+    (normalise, channels-last on CUDA, bf16 autocast); also used by bench/gpu_check.py."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for b in batches:
+        x = normalize(b.to(dev, non_blocking=True), backbone)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dev, amp):
+            model(x, heads=heads)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return sum(len(b) for b in batches) / (time.perf_counter() - t0)
+
+
 def size(text: str) -> tuple[int, int]:
     w, h = text.lower().split("x")
     return int(w), int(h)
@@ -83,18 +102,8 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
 
-        @torch.inference_mode()
         def forward() -> float:
-            sync()
-            t0 = time.perf_counter()
-            for b in batches:
-                x = normalize(b.to(dev, non_blocking=True), args.backbone)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(dev, True):
-                    model(x, heads=heads)
-            sync()
-            return len(images) / (time.perf_counter() - t0)
+            return forward_rate(model, batches, args.backbone, dev, heads)
 
         def evaluate() -> float:
             loader = eval_loader(data.dataset, args.batch, args.workers)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from udaseg.config import load_config
+from udaseg.config import load_config, parse_override
 from udaseg.data.protocols import get_protocol
 from udaseg.engine import DistEnv, poly_lr, set_lr
 from udaseg.gmm import ClassGMM, DepthGMM, write_gmm
@@ -108,20 +108,20 @@ class DensityTimer:
 
     def __init__(self, gmm: DepthGMM, device: torch.device):
         self.seconds, self.calls, self.device = 0.0, 0, device
-        self.inputs: list[tuple[str, tuple]] = []
+        self.inputs: list[tuple[str, tuple, dict]] = []
         for name in ("source_target", "target_target"):
             setattr(gmm, name, self._wrap(getattr(gmm, name), name))
 
     def _wrap(self, fn, name):
-        def timed(*args):
+        def timed(*args, **kwargs):  # kwargs: the builders' recipe switches (off_class, nonpositive)
             sync(self.device)
             start = time.perf_counter()
-            out = fn(*args)
+            out = fn(*args, **kwargs)
             sync(self.device)
             self.seconds += time.perf_counter() - start
             self.calls += 1
             if len(self.inputs) < 2:
-                self.inputs.append((name, tuple(a.detach().clone() for a in args)))
+                self.inputs.append((name, tuple(a.detach().clone() for a in args), dict(kwargs)))
             return out
         return timed
 
@@ -132,7 +132,7 @@ def build(variant: str, args, size, device: torch.device, amp: bool, runs: Path)
         "experiment.name": "bench", "data.source_size": list(size), "data.target_size": list(size),
         "model.backbone": args.backbone, "model.init_weights": "", "train.ablation": ablation,
         "train.batch_size_source": args.batch[0], "train.batch_size_target": args.batch[1],
-        "train.amp": amp, "train.iterations": 10_000,
+        "train.amp": amp, "train.iterations": 10_000, **dict(getattr(args, "overrides", None) or {}),
     })
     env = DistEnv(device=device)
     torch.manual_seed(0)
@@ -158,13 +158,13 @@ def time_steps(step, n: int, device: torch.device, start: int) -> float:
 def isolated_density(gmm: DepthGMM, inputs, device: torch.device, repeat: int = 20) -> float:
     """Seconds for one D_s + one D_t on the step's own tensors, builders called directly."""
     fns = {"source_target": DepthGMM.source_target, "target_target": DepthGMM.target_target}
-    for name, a in inputs:  # warm
-        fns[name](gmm, *a)
+    for name, a, kw in inputs:  # warm
+        fns[name](gmm, *a, **kw)
     sync(device)
     t0 = time.perf_counter()
     for _ in range(repeat):
-        for name, a in inputs:
-            fns[name](gmm, *a)
+        for name, a, kw in inputs:
+            fns[name](gmm, *a, **kw)
     sync(device)
     return (time.perf_counter() - t0) / repeat
 
@@ -285,6 +285,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--flops", action="store_true", help="only count FLOPs per variant (one step each)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
+                    help='recipe override, e.g. --set model.batchnorm=\'"train"\' (repeatable)')
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

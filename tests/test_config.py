@@ -21,7 +21,8 @@ def test_paper_values():
     assert (c16.train.lambda_seg, c16.train.lambda_dep, c16.train.lambda_bal, c16.train.lambda_adv,
             c16.train.lambda_tar, c16.train.lr_disc) == (1.0, 0.005, 0.01, 0.05, 0.05, 1e-3)
     assert (c16.train.lr, c16.train.momentum, c16.train.weight_decay, c16.train.power) == (2.5e-4, 0.9, 5e-4, 0.9)
-    assert (c16.train.iterations, c16.self_train.iterations) == (54000, 30000)
+    # the release's schedule: 90K stage-1 iterations (Q1 = 54K is the best-on-val pick), 30K self-training
+    assert (c16.train.iterations, c16.train.lr_horizon, c16.self_train.iterations) == (90000, 90000, 30000)
     assert (c16.pseudolabel.n_b0, c16.pseudolabel.n_b1, c16.pseudolabel.conf_threshold) == (50, 4950, 0.9)
     assert c16.data.source_size == (1280, 760) and c16.gmm.components == 5
     c7low = load_config(STAGES / "synthia2cityscapes7_low.toml")

@@ -151,6 +151,7 @@ def test_a_perfect_model_scores_100(trained, monkeypatch):
 
 
 def test_mapillary_letterbox_protocol(trained):
+    """The release's geometry (data.target_fit = letterbox_top_left): padding right / bottom, scored at the input size."""
     tmp, model, _, _ = trained
     root = tmp / "data" / "mapillary"
     (root / "validation/images").mkdir(parents=True)
@@ -169,18 +170,19 @@ def test_mapillary_letterbox_protocol(trained):
     save_checkpoint(ckpt, {"stage": "stage1", "iteration": 1, "protocol": "synthia2mapillary7", "num_classes": 7,
                            "backbone": "light_resnet18", "model": m7.state_dict()})
     result = cli(*common(tmp, "data.target_root=mapillary", "data.target_format=mapillary", "data.target_size=[40,20]",
-                         "experiment.protocol=synthia2mapillary7"), "--checkpoint", str(ckpt), "--name", "map")
+                         "data.target_fit=letterbox_top_left", "experiment.protocol=synthia2mapillary7"),
+                 "--checkpoint", str(ckpt), "--name", "map")
     assert result.exit_code == 0, result.output
     s = json.loads((tmp / "runs" / "t" / "eval" / "map" / "summary.json").read_text())
-    assert s["label_resolution"] == "letterbox 40x20"
-    # expected: 40x30 -> 27x20 centred, 6 padding columns left, 7 right, all ignore
-    inner = resize_nearest(torch.from_numpy(M7.target_lut[ids]), (27, 20)).numpy()
+    assert s["label_resolution"] == "letterbox_top_left 40x20"
+    # expected: 40x30 -> 26x20 (height fills, width int(40·20/30) = 26) at the left, 14 padding columns right, ignore
+    inner = resize_nearest(torch.from_numpy(M7.target_lut[ids]), (26, 20)).numpy()
     gt = np.full((20, 40), 255, np.uint8)
-    gt[:, 6:33] = inner
+    gt[:, :26] = inner
     image = torch.zeros(1, 3, 20, 40, dtype=torch.uint8)
-    small = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), size=(20, 27), mode="bicubic",
+    small = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), size=(20, 26), mode="bicubic",
                           align_corners=False, antialias=True).round().clamp(0, 255).to(torch.uint8)
-    image[..., 6:33] = small
+    image[..., :26] = small
     with torch.no_grad():
         logits = m7(normalize(image, "light_resnet18")).seg
     pred = F.interpolate(logits, size=(20, 40), mode="bilinear", align_corners=True).argmax(1)[0].numpy()
@@ -293,3 +295,66 @@ def test_paper_rows_reproduce_their_printed_means():
                 assert np.mean(values) == pytest.approx(69.2, abs=0.05) and miou == 70.4
                 continue
             assert len(values) == 7 and np.mean(values) == pytest.approx(miou, abs=0.1), (key, name)
+
+
+def test_depth_is_scored_beside_the_constant_source_median(trained, tmp_path):
+    """With the run's gmm.h5 beside the checkpoint, eval scores the source median inverse depth
+    everywhere as a baseline (checked against numpy) and the report says which one is better."""
+    import shutil
+
+    from udaseg.gmm import ClassGMM, DepthGMM, write_gmm
+
+    tmp, model, truth, ckpt = trained
+    run = tmp_path / "runs" / "t"
+    shutil.copytree(ckpt.parent, run / "train")
+    median_inv = 65536.0 / (25.0 * 100 + 1)  # 25 m
+    gmms = [ClassGMM(np.ones(1), np.array([[1.0, 1.0, 50.0]]), np.eye(3)[None]) for _ in range(16)]
+    write_gmm(run / "gmm" / "gmm.h5", DepthGMM("synthia2cityscapes16", tuple(P16.classes), gmms, "diag", (4, 2),
+                                              (32, 16), np.ones(16, dtype=np.int64), invdepth_median=median_inv))
+    args = common(tmp, "data.target_root=city", "data.target_size=[32,16]")
+    args[args.index("--runs-root") + 1] = str(tmp_path / "runs")
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    s = json.loads((run / "eval" / "summary.json").read_text())
+    rows = []
+    for stem, (ids, disp) in sorted(truth.items()):
+        with np.errstate(divide="ignore"):
+            gt_m = np.where(disp > 1, 0.209313 * 2262.52 / ((disp.astype(np.float64) - 1) / 256), 0)
+        gt_inv = np.where(gt_m > 0, (65536 / (gt_m * 100 + 1)).astype(np.float32), 0)
+        gt_m = np.where(gt_inv > 0, (65536 / np.maximum(gt_inv, 1e-6) - 1) / 100, 0)
+        rows.append(_numpy_depth(np.full_like(gt_m, 25.0), gt_m))
+    base = s["depth_baseline"]
+    assert base["metres"] == pytest.approx(25.0, rel=1e-5)
+    got = [base[k] for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")]
+    np.testing.assert_allclose(got, np.mean(rows, axis=0), rtol=2e-4, atol=1e-6)
+    report = (run / "eval" / "report.md").read_text()
+    assert "| constant 25.0 m (source median) |" in report
+    gain = 1 - s["depth"]["abs_rel"] / base["abs_rel"]
+    word = "below" if gain > 0 else "above"
+    assert f"The depth head's AbsRel is {abs(gain):.0%} {word} the constant baseline's" in report
+
+
+def test_compare_writes_setting_seed_results_json(tmp_path):
+    rng = np.random.default_rng(1)
+    ious = rng.uniform(0.1, 0.9, (3, 16))
+    files = [_summary(tmp_path / f"m2_s{i}" / "summary.json", f"m2_s{i}", ious[i]) for i in range(2)]
+    files.append(_summary(tmp_path / "adv_s0" / "summary.json", "advent_s0", ious[2], label="advent"))
+    data = json.loads(files[0].read_text())
+    data["checkpoint"] = {"path": "/runs/m2_s0/train/checkpoint_best.pt", "stage": "stage1", "iteration": 600}
+    data["depth"] = {"abs_rel": 0.4, "num_images": 3}
+    files[0].write_text(json.dumps(data))
+    out = tmp_path / "results.json"
+    result = runner.invoke(app, ["compare", *map(str, files), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["settings"]) == {"m2", "advent"} and r["protocol"] == "synthia2cityscapes16"
+    m2 = r["settings"]["m2"]
+    assert m2["n"] == 2 and set(m2["seeds"]) == {"0", "1"}
+    assert m2["seeds"]["0"]["checkpoint"] == {"kind": "best", "stage": "stage1", "iteration": 600}
+    assert m2["seeds"]["1"]["checkpoint"]["kind"] == "other" and m2["seeds"]["0"]["depth"]["abs_rel"] == 0.4
+    assert m2["seeds"]["1"]["miou"] == pytest.approx(np.mean(ious[1]))
+    mean, std = m2["mean"]["miou"]
+    mious = 100 * ious[:2].mean(1)
+    assert mean == pytest.approx(mious.mean()) and std == pytest.approx(mious.std(ddof=1))
+    assert m2["mean"]["iou"]["road"][0] == pytest.approx(100 * ious[:2, 0].mean())
+    assert r["settings"]["advent"]["seeds"]["0"]["miou"] == pytest.approx(np.mean(ious[2]))

@@ -18,7 +18,8 @@ from udaseg.pipeline.fit_gmm import MIN_POINTS, PassResult, Reservoir, collect, 
 from udaseg.gmm import ClassGMM, DepthGMM, class_weights, expand_covariances, load_gmm, write_gmm
 
 GRID = (7, 5)  # (width, height) of a tiny output grid
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)")])]
 
 
 def _random_model(covariance: str, num_classes: int = 3, seed: int = 0, grid=GRID):

@@ -23,7 +23,7 @@ def test_ablation_runs_every_setting_with_one_recipe(recipe):
     assert all(f"--config stages/{recipe}.toml" in line and f"--runs-root {runs}" in line
                for line in lines if "udaseg compare " not in line and "udaseg synth " not in line)
     for seed in (0, 1):
-        for setting in ("source_only", "m1", "m2", "oracle"):
+        for setting in ("source_only", "advent", "dada", "m1", "m2", "oracle"):
             assert any("train " in l and f"experiment.name={setting}_s{seed} " in l and f"--ablation {setting}" in l
                        for l in lines), (setting, seed)
         m2 = f"{runs}/m2_s{seed}/train/checkpoint_final.pt"
@@ -33,8 +33,14 @@ def test_ablation_runs_every_setting_with_one_recipe(recipe):
             assert any("self-train " in l and f"experiment.name={setting}_s{seed} " in l and f"--checkpoint {m2}" in l
                        for l in lines), setting
     compare = [l for l in lines if "udaseg compare " in l]
-    assert len(compare) == 1 and compare[0].count("summary.json") == 12
-    assert compare[0].endswith(f"--out {runs}/table.md")
+    # 8 settings x 2 seeds, each scored on its final and on its best-on-val checkpoint
+    assert len(compare) == 1 and compare[0].count("summary.json") == 32 and compare[0].count("/eval/best/summary.json") == 16
+    for seed in (0, 1):
+        for setting in ("source_only", "m2", "m4"):
+            evals = [l for l in lines if "udaseg eval " in l and f"experiment.name={setting}_s{seed} " in l]
+            assert any("--checkpoint final --label " + setting in l for l in evals), (setting, seed)
+            assert any(f"--checkpoint best --name best --label '{setting} (best on val)'" in l for l in evals), (setting, seed)
+    assert compare[0].endswith(f"--out {runs}/table.md --json results/ablation_{recipe}.json")
 
 
 def test_demo_chains_every_stage_in_order():

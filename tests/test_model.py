@@ -326,18 +326,20 @@ def test_normalize_matches_numpy() -> None:
 
 
 def test_untrainable_init_is_refused_at_start_naming_the_cause() -> None:
-    """Random ResNet-101 weights with frozen identity BN statistics explode (~1e7 at layer4)."""
+    """Random ResNet-101 weights with frozen identity BN statistics explode (~1e7 at layer4).
+    (The default, BatchNorm in train mode as the release, is accepted: tests/test_fidelity.py.)"""
     from udaseg.config import load_config
     from udaseg.errors import UdasegError
     from udaseg.model import model_from_config
     from udaseg.model.health import MAX_FEATURE, check_trainable, probe_features
 
-    cfg = load_config(None, ["model.init_weights="])
+    cfg = load_config(None, ["model.init_weights=", "model.batchnorm=frozen"])
     torch.manual_seed(0)
     model = model_from_config(cfg.model, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert probe_features(model, cfg.model.backbone, torch.device("cpu")) > 1e6
-    with pytest.raises(UdasegError, match=r"model.backbone=deeplabv2_resnet101 with model.init_weights='' \(random\).*cannot train"):
+    with pytest.raises(UdasegError, match=r"model.backbone=deeplabv2_resnet101 with model.init_weights='' \(random\) "
+                                          r"and model.batchnorm='frozen' cannot train.*model.batchnorm=\"train\""):
         check_trainable(model, cfg, torch.device("cpu"))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the probe leaves no trace (BN buffers)
@@ -346,3 +348,42 @@ def test_untrainable_init_is_refused_at_start_naming_the_cause() -> None:
     small = model_from_config(light.model, 16)
     assert probe_features(small, "light_resnet18", torch.device("cpu")) < MAX_FEATURE
     check_trainable(small, light, torch.device("cpu"))
+
+
+def test_fan_in_head_init_keeps_activations_where_normal_001_starves_them() -> None:
+    """On a narrow backbone (128 channels, hidden 32) N(0, 0.01) shrinks the head's activations
+    layer by layer; the fan-in init keeps conv2's output at the input's scale."""
+    from udaseg.model.heads import ScalarHead
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 128, 15, 25)
+    paper, fan_in = ScalarHead(128, hidden=32), ScalarHead(128, hidden=32)
+    fan_in.fan_in_init()
+
+    def hidden_std(head):
+        return float(head.relu(head.conv2(head.relu(head.conv1(x)))).std())
+
+    assert hidden_std(paper) < 0.02 * float(x.std())  # ~100x smaller than its input
+    assert 0.3 < hidden_std(fan_in) / float(x.std()) < 3.0
+    assert torch.count_nonzero(fan_in.conv1.bias) == 0 and torch.count_nonzero(fan_in.conv3.bias) == 0
+    # the switch reaches the network through the recipe
+    from udaseg.config import load_config
+    from udaseg.model import model_from_config
+
+    cfg = load_config(None, ["model.backbone=light_resnet18", "model.light_width=16", "model.head_channels=32",
+                             'model.head_init="fan_in"'])
+    net = model_from_config(cfg.model, 7)
+    assert float(net.depth_head.conv1.weight.std()) == pytest.approx((2 / 128) ** 0.5, rel=0.1)
+    assert float(net.seg_head.conv2d_list[0].weight.std()) == pytest.approx(0.01, rel=0.1)  # seg head untouched
+
+
+def test_output_scale_multiplies_the_head_and_starts_it_where_asked() -> None:
+    from udaseg.model.heads import ScalarHead
+
+    head = ScalarHead(8, hidden=4)
+    x = torch.randn(1, 8, 3, 5)
+    base = head(x)
+    head.set_output_scale(40.0, start=40.0)
+    out = head(x)
+    assert float(head.out_scale) == 40.0 and "out_scale" in head.state_dict()
+    torch.testing.assert_close(out, 40.0 * (base + 1.0), rtol=1e-5, atol=1e-4)  # conv3 bias = start / scale = 1

@@ -192,3 +192,35 @@ def test_triton_kernel_under_interpreter():
                           cwd=str(Path(__file__).parent.parent))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TRITON-OK 2" in proc.stdout
+
+
+# ---------------------------------------------------------------- on a GPU (make gpu-check)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_cuda_backends_match_scipy(backend, connectivity):
+    """Both CUDA paths on every adversarial case and random maps, batched and alone, uint8 and int64."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    rng = np.random.default_rng(connectivity)
+    h, w = 61, 83
+    maps = [adversarial(name, h, w, connectivity, rng) for name in CASES] + [rng.integers(0, 6, (h, w))
+                                                                             for _ in range(3)]
+    lab = np.stack(maps)
+    lab[rng.random(lab.shape) < 0.02] = 255
+    conf = np.where(rng.random(lab.shape) < 0.05, 0.5, 0.95).astype(np.float32)
+    thr = np.array([3.0, 40.0, 0.0, 100.0, 7.0, h * w + 1.0])
+    want = scipy_refine(lab, conf, thr, 0.9, connectivity)
+    assert (want != 255).any() and (want == 255).any()
+    for dtype in (torch.uint8, torch.int64):
+        got = refine(torch.from_numpy(lab).to(dtype).cuda(), torch.from_numpy(conf).cuda(), thr, 0.9, connectivity,
+                     backend=backend)
+        assert got.is_cuda and got.dtype == dtype
+        np.testing.assert_array_equal(got.long().cpu().numpy(), want)
+    for i in (0, 4, len(maps) - 1):  # one image alone, [H, W]
+        got = refine(torch.from_numpy(lab[i]).cuda(), torch.from_numpy(conf[i]).cuda(), thr, 0.9, connectivity,
+                     backend=backend)
+        np.testing.assert_array_equal(got.cpu().numpy(), want[i])

@@ -41,6 +41,8 @@ def overrides(**extra):
         "pseudolabel.refine_size": [64, 32], "pseudolabel.thresholds_size": [64, 32],
         "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0, "pseudolabel.batch_size": 2,
         "self_train.iterations": 4, "self_train.batch_size": 2, "train.checkpoint_every": 2,
+        # periodic target-val scoring and best-on-val selection: tests/test_fidelity.py
+        "train.eval_every": 0, "self_train.eval_every": 0, "train.select": "final", "self_train.lr_horizon": 0,
     }
     base.update(extra)
     return base

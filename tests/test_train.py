@@ -30,7 +30,8 @@ from udaseg.data.pngio import write_png
 from udaseg.data.protocols import get_protocol
 from udaseg.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from udaseg.engine import DistEnv, NonFiniteLoss, ResumableSampler, read_log
-from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE
+from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TENSORBOARD_DIR
+from udaseg.tensorboard import tensorboard_available
 from udaseg.errors import UdasegError
 from udaseg.pipeline.fit_gmm import run_fit_gmm
 from udaseg.layout import RunLayout
@@ -55,8 +56,13 @@ BASE = {
     "train.checkpoint_every": 100,
     "train.log_every": 1,
     "train.amp": False,
+    # no periodic target-val scoring here (tests/test_fidelity.py covers it and best-on-val selection)
+    "train.eval_every": 0,
+    "self_train.eval_every": 0,
+    "train.select": "final",
 }
 ALL_LOSSES = {"seg", "depth", "density_src", "density_tgt", "adv", "disc"}
+TB = [TENSORBOARD_DIR] if tensorboard_available() else []  # event files with the `tb` extra (tests/test_tensorboard.py)
 runner = CliRunner()
 
 
@@ -195,7 +201,7 @@ def test_source_only_fits_a_small_source_set(data, tmp_path):
 def test_m2_writes_every_loss_finite(m2_run):
     out = train_dir(m2_run)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [CHECKPOINT_FINAL, CHECKPOINT_LATEST, "config.toml", LOG_FILE, "progress.png"])
+        [CHECKPOINT_FINAL, CHECKPOINT_LATEST, "config.toml", LOG_FILE, "progress.png", *TB])
     log = read_log(out / LOG_FILE)
     assert [r["iteration"] for r in log] == [1, 2, 3, 4]
     for r in log:
@@ -272,7 +278,8 @@ def test_two_process_ddp_run(data, runs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = train_dir(runs)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [CHECKPOINT_FINAL, CHECKPOINT_LATEST, "config.toml", LOG_FILE, "progress.png"])  # no stray .tmp
+        [CHECKPOINT_FINAL, CHECKPOINT_LATEST, "config.toml", LOG_FILE, "progress.png", *TB])  # no stray .tmp
+    assert all(len(list((out / d).iterdir())) == 1 for d in TB)  # one events file: rank 0's
     log = read_log(out / LOG_FILE)
     assert [r["iteration"] for r in log] == [1, 2]  # rank 1 wrote no lines
     assert all(losses_of(r) == ALL_LOSSES and all(math.isfinite(r[k]) for k in ALL_LOSSES) for r in log)
@@ -510,3 +517,43 @@ def test_depth_health_is_absrel_in_metres():
     value = float(stage1.depth_health(pred, gt)["health/depth_absrel"])
     assert value == pytest.approx((0.1 + 0.0) / 2, rel=1e-5)
     assert stage1.depth_health(pred, torch.zeros_like(gt)) == {}
+
+
+def test_normalized_heads_start_at_the_source_median_and_keep_raw_units(data, runs):
+    from udaseg.gmm import load_gmm
+
+    cfg = config(train__head_targets="normalized", train__adv_density="unit", train__iterations=2)
+    layout = RunLayout.for_config(cfg, runs)
+    median = load_gmm(layout.gmm_file).invdepth_median
+    assert median > 0
+    parts = stage1.build_parts(cfg, DistEnv(), data, layout)
+    net = parts.model
+    assert float(net.depth_head.out_scale) == pytest.approx(median) and float(net.density_head.out_scale) == 255.0
+    batch = next(stage1.sampled_batches(stage1.source_dataset(cfg, data), 2, 0, 0, 0, DistEnv()))
+    with torch.no_grad():
+        out = net.train()(stage1.normalize(batch["image"], "light_resnet18"))
+    assert float(out.depth.mean()) == pytest.approx(median, rel=0.05)  # starts at the source median
+    assert abs(float(out.density.mean())) < 5.0
+    train(cfg, data, runs)
+    log = read_log(train_dir(runs) / LOG_FILE)
+    assert all(math.isfinite(r[k]) for r in log for k in losses_of(r))
+    state = load_checkpoint(train_dir(runs) / CHECKPOINT_FINAL)
+    assert float(state["model"]["depth_head.out_scale"]) == pytest.approx(median)  # eval / predict see raw units
+
+
+def test_aux_head_lr_mult_puts_depth_and_density_heads_in_their_own_group():
+    from udaseg.engine import build_sgd, set_lr
+    from udaseg.model import model_from_config
+
+    cfg = config(train__head_lr_mult=10.0, train__aux_head_lr_mult=20.0)
+    net = model_from_config(cfg.model, 16)
+    opt = build_sgd(net, cfg.train)
+    set_lr(opt, 1e-3)
+    by_id = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert all(by_id[id(p)] == pytest.approx(1e-3) for p in net.backbone.parameters() if p.requires_grad)
+    assert all(by_id[id(p)] == pytest.approx(1e-2) for p in net.seg_head.parameters())
+    aux = [p for m in (net.depth_head, net.density_head) for p in m.parameters()]
+    assert all(by_id[id(p)] == pytest.approx(0.2) for p in aux)
+    assert len(by_id) == sum(p.requires_grad for p in net.parameters())  # every trainable parameter once
+    paper = build_sgd(net, config(train__head_lr_mult=1.0).train)
+    assert len(paper.param_groups) == 1  # the release: one group

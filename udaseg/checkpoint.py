@@ -20,6 +20,7 @@ from torch import nn
 from udaseg.config import Config, to_toml
 from udaseg.data.protocols import get_protocol
 from udaseg.errors import UdasegError
+from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, TrainDir
 from udaseg.model import channels_last, model_from_config
 
 CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
@@ -102,4 +103,23 @@ def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[
     model.load_state_dict(state["model"])
     model = channels_last(model.to(device), device)
     info = {k: state.get(k) for k in ("stage", "iteration", "protocol", "backbone", "num_classes")}
+    info["kind"] = checkpoint_kind(checkpoint)
+    if state.get("loop"):  # the target-val selection the loop recorded (train.eval_every)
+        info["selection"] = dict(state["loop"])
     return model.eval(), info
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """best / final / latest from the file name; "file" for any other checkpoint."""
+    return {CHECKPOINT_BEST: "best", CHECKPOINT_FINAL: "final", CHECKPOINT_LATEST: "latest"}.get(Path(path).name, "file")
+
+
+def pick_checkpoint(folder: TrainDir, kind: str) -> Path:
+    """A training stage's best-on-val or final checkpoint (`train.select`), or a one-line error with the fix."""
+    path = folder.checkpoint(kind)
+    if path.is_file():
+        return path
+    if kind == "best":
+        raise UdasegError(f"{path}: not found — this run kept no best-on-val checkpoint (its eval_every was 0, or it "
+                          'has not been evaluated yet); use the final one (--checkpoint final, or train.select = "final")')
+    raise UdasegError(f"{path}: not found; run the stage that writes it first, or pass --checkpoint PATH")

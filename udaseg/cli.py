@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from udaseg.commands import check_data, compare, evaluate, fit_gmm, pseudolabel, self_train, synth, train
+from udaseg.commands import export, predict
 
 app = typer.Typer(
     name="udaseg",
     help=(
         "Depth-aware unsupervised domain adaptation for semantic segmentation.\n\n"
-        "Pipeline: synth | check-data -> fit-gmm -> train -> pseudolabel --refine -> self-train -> eval -> compare"
+        "Pipeline: synth | check-data -> fit-gmm -> train -> pseudolabel --refine -> self-train -> eval -> compare\n\n"
+        "Use the adapted model: predict (any images) | export (TorchScript / ONNX)"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -25,6 +27,8 @@ app.command("pseudolabel")(pseudolabel.pseudolabel)
 app.command("self-train")(self_train.self_train)
 app.command("eval")(evaluate.evaluate)
 app.command("compare")(compare.compare)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
 
 if __name__ == "__main__":
     app()

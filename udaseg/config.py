@@ -43,6 +43,10 @@ class DataConfig:
     target_val_split: str = "val"
     source_size: Size = (1280, 760)
     target_size: Size = (1280, 760)
+    # how target images (and their labels) become target_size, in every stage alike: stretched,
+    # or letterboxed (aspect kept, padding black / label 255) at the top-left — the release's
+    # Mapillary geometry — or centred
+    target_fit: Literal["stretch", "letterbox_top_left", "letterbox_center"] = "stretch"
     num_workers: int = 4
 
 
@@ -52,6 +56,13 @@ class ModelConfig:
     init_weights: str = ""  # a local file; nothing is downloaded
     light_width: int = 64  # base width of light_resnet18 (64 = ResNet-18)
     head_channels: int = 512  # hidden width of the depth and density heads (the paper's 512)
+    # depth / density head weights: "normal" = N(0, 0.01) (the paper, DeepLab-v2); "fan_in" =
+    # He / LeCun normal, which keeps activations O(1) on narrow backbones (see ScalarHead.fan_in_init)
+    head_init: Literal["normal", "fan_in"] = "normal"
+    # BatchNorm while training: "train" = batch statistics, running statistics updated and used at
+    # evaluation, affine frozen (the release and ADVENT); "frozen" = the stored statistics, never
+    # updated; "train_affine" = "train" with the affine parameters learned too (PyTorch's default)
+    batchnorm: Literal["train", "frozen", "train_affine"] = "train"
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,15 @@ class TrainConfig:
     # paper Table 1 baselines: advent = F̂ = entropy, no depth; dada = F̂ = entropy × predicted
     # inverse depth, the source depth supervising the depth head (DADA, Vu et al. 2019)
     ablation: Literal["source_only", "advent", "dada", "m1", "m2", "oracle"] = "m2"
-    iterations: int = 54_000
+    iterations: int = 90_000  # steps run (the release's EARLY_STOP)
+    lr_horizon: int = 0  # poly denominator (the release's MAX_ITERS); 0 = iterations
     batch_size_source: int = 1
     batch_size_target: int = 1
     lr: float = 2.5e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4
     power: float = 0.9
+    head_lr_mult: float = 1.0  # lr of the seg / depth / density heads ÷ the backbone's (release: 1, one SGD group)
     lr_disc: float = 1e-3
     disc_width: int = 64  # channels of the discriminator's first conv (DC-GAN's 64)
     disc_betas: tuple[float, float] = (0.9, 0.99)
@@ -94,9 +107,32 @@ class TrainConfig:
     lambda_adv: float = 0.05
     lambda_tar: float = 0.05
     class_weights: Literal["frequency", "none"] = "frequency"
+    # the depth and density heads' output units. "raw" (the paper): they predict inverse depth
+    # (~10-600) and the 0..255 density directly from an N(0, 0.01) init (outputs ~±0.004).
+    # "normalized": each head carries a fixed output scale (the source median inverse depth from
+    # gmm.h5; squash_max), the depth head starts at the source median, and both berHu losses are
+    # taken in those units (÷ scale); checkpoints and every consumer still see raw units
+    head_targets: Literal["raw", "normalized"] = "raw"
+    # extra lr factor for the depth and density heads' own parameters (on top of head_lr_mult);
+    # 1 = the paper. Their losses carry λ_dep, λ_bal ~0.005-0.01, so at the segmentation's lr the
+    # heads need ~100x the paper's iterations to move; the backbone's share stays λ-weighted
+    aux_head_lr_mult: float = 1.0
+    # what multiplies the entropy in M2's F̂: the predicted density as is (0..squash_max, the paper)
+    # or ÷ squash_max ("unit": F̂ keeps the entropy map's 0..1 range)
+    adv_density: Literal["raw", "unit"] = "raw"
+    # D_s where the predicted class is not the GT class: squash(p_ĉ(x, y, 0)) (the release's
+    # precomputed maps) or 0 (the paper's formula)
+    d_s_off_class: Literal["depth0", "zero"] = "depth0"
+    # D_t where the predicted inverse depth is ≤ 0: 0 (the release) or the pdf there
+    d_t_nonpositive_depth: Literal["zero", "pdf"] = "zero"
     amp: bool = True
     checkpoint_every: int = 2000
     log_every: int = 10
+    # score the target val every N iterations (and at the end) into log.jsonl and keep
+    # checkpoint_best.pt; 0 = off. select: which checkpoint of train and self-train the next
+    # stage and `eval` use by default — "best" on the target val (the release) or "final"
+    eval_every: int = 1000
+    select: Literal["best", "final"] = "best"
 
 
 @dataclass(frozen=True)
@@ -108,12 +144,20 @@ class PseudoLabelConfig:
     n_b1: float = 4950.0
     thresholds_size: Size = (1280, 760)  # the resolution N_b0, N_b1 are counted at
     refine_size: Size = (1280, 760)
+    # "none": N_b0, N_b1 are pixel counts at any refine_size (the release); "area": rescaled by
+    # area from thresholds_size to refine_size
+    threshold_scaling: Literal["none", "area"] = "none"
+    max_images: int = 0  # label (and self-train on) the first N target images by name; 0 = all
     batch_size: int = 4
 
 
 @dataclass(frozen=True)
 class SelfTrainConfig:
     iterations: int = 30_000
+    # poly denominator; 0 = self_train.iterations. The release keeps its stage-1 MAX_ITERS
+    # (90,000), so the lr ends near 0.69x base after 30,000 iterations
+    lr_horizon: int = 90_000
+    eval_every: int = 1000  # as train.eval_every; 0 = off
     batch_size: int = 1
     keep_source_loss: bool = False
     # refuse to start when the pseudo-labels keep less than this fraction of the target pixels
@@ -291,9 +335,16 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.weight_decay", lambda v: v >= 0, "≥ 0"),
     ("train.power", lambda v: v >= 0, "≥ 0"),
     ("train.disc_width", lambda v: v > 0, "> 0"),
+    ("train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
     ("train.disc_betas", lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
     ("train.checkpoint_every", lambda v: v > 0, "> 0"),
     ("train.log_every", lambda v: v > 0, "> 0"),
+    ("train.lr_horizon", lambda v: v >= 0, "≥ 0 (0 = train.iterations)"),
+    ("train.head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
+    ("train.eval_every", lambda v: v >= 0, "≥ 0 (0 = off)"),
+    ("pseudolabel.max_images", lambda v: v >= 0, "≥ 0 (0 = all)"),
+    ("self_train.lr_horizon", lambda v: v >= 0, "≥ 0 (0 = self_train.iterations)"),
+    ("self_train.eval_every", lambda v: v >= 0, "≥ 0 (0 = off)"),
     ("pseudolabel.conf_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("pseudolabel.n_b0", lambda v: v >= 0, "≥ 0"),
     ("pseudolabel.n_b1", lambda v: v >= 0, "≥ 0"),
@@ -319,11 +370,26 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if not ok(value):
             raise ConfigError(f"{dotted} = {value!r}: must be {what}")
+    _check_schedules(config)
     protocol = config.experiment.protocol
     if config.protocol.classes or protocol not in PROTOCOLS:
         from udaseg.data.recipe_protocol import register_recipe_protocol
 
         register_recipe_protocol(config)  # a [protocol] section: checked, then known by name
+
+
+def _check_schedules(config: Config) -> None:
+    """A poly horizon shorter than the run would train its tail at lr 0; best-on-val needs evaluations."""
+    for section in ("train", "self_train"):
+        s = getattr(config, section)
+        if 0 < s.lr_horizon < s.iterations:
+            raise ConfigError(f"{section}.lr_horizon = {s.lr_horizon}: must be 0 or ≥ {section}.iterations = {s.iterations} "
+                              "(past the horizon the lr would be 0)")
+    if config.train.select == "best":
+        for section in ("train", "self_train"):
+            if getattr(config, section).eval_every == 0:
+                raise ConfigError(f'train.select = "best" needs {section}.eval_every > 0 (the target-val score that '
+                                  f'picks the checkpoint); set {section}.eval_every = N or train.select = "final"')
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -3,7 +3,8 @@
 A stage supplies a `step(iteration) -> {name: scalar tensor}` that does one optimisation
 step, and a `state() -> dict` / `load_state(dict)` pair of everything that must survive a
 restart. This module does the rest: resumable deterministic sampling, poly learning rates,
-atomic checkpoints readable with `weights_only=True`, a JSONL log, a progress bar, NaN
+atomic checkpoints readable with `weights_only=True`, periodic target-val scoring with the best
+checkpoint kept (its score part of every checkpoint, so resume selects exactly), a JSONL log, a progress bar, NaN
 detection that keeps the last good checkpoint, Ctrl-C that saves before exiting, and DDP
 set-up under `torchrun`.
 """
@@ -18,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -30,9 +31,12 @@ from udaseg.config import Config, TrainConfig
 from udaseg.data.build import make_loader
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM
-from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
+from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
 from udaseg.model import channels_last, model_from_config
 from udaseg.progress import progress_bar
+
+
+HEALTH_PREFIX = "health/"  # step outputs that are diagnostics, not losses (plotted apart)
 
 
 class NonFiniteLoss(UdasegError):
@@ -135,8 +139,13 @@ def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
     return base * (1.0 - min(iteration, total) / max(total, 1)) ** power
 
 
+def poly_horizon(iterations: int, lr_horizon: int) -> int:
+    """The poly denominator of a stage: its `lr_horizon`, or its own length when that is 0."""
+    return lr_horizon if lr_horizon > 0 else iterations
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr to `lr` times its `lr_mult` (heads learn 10× faster)."""
+    """Set every group's lr to `lr` times its `lr_mult` (`train.head_lr_mult` for the heads' group)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
 
@@ -183,8 +192,23 @@ def build_network(config: Config, num_classes: int, env: DistEnv, init_weights: 
 
 
 def build_sgd(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay over the model's parameter groups."""
-    return torch.optim.SGD(unwrap(model).param_groups(t.lr), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    """SGD with momentum and weight decay: one group at `train.lr` (the release), or the heads apart at
+    `train.head_lr_mult` × it."""
+    net = unwrap(model)
+    groups = net.param_groups(t.lr, t.head_lr_mult)
+    if t.aux_head_lr_mult != 1.0:
+        groups = split_aux_heads(net, groups, t.head_lr_mult * t.aux_head_lr_mult, t.lr)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def split_aux_heads(net: nn.Module, groups: list[dict], lr_mult: float, lr: float) -> list[dict]:
+    """The depth and density heads' parameters in a group of their own at `lr_mult` × lr
+    (train.aux_head_lr_mult): their losses are weighted by λ_dep / λ_bal ≈ 0.005-0.01, so at the
+    segmentation's lr the heads' own weights barely move; the backbone still gets λ × the gradient."""
+    aux = [p for m in (net.depth_head, net.density_head) for p in m.parameters() if p.requires_grad]
+    ids = {id(p) for p in aux}
+    kept = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    return [g for g in kept if g["params"]] + [{"params": aux, "lr": lr * lr_mult, "lr_mult": lr_mult}]
 
 
 def wrap_ddp(module: nn.Module, env: DistEnv, find_unused: bool = False) -> nn.Module:
@@ -279,6 +303,17 @@ class LoopSpec:
     lrs: Callable[[], dict[str, float]]
     progress: bool = True
     on_checkpoint: Callable[[], None] | None = None
+    # model selection: `evaluate(iteration)` scores the model on the target val every `eval_every`
+    # iterations and at the last; the best score is kept as checkpoint_best.pt. `loop_state` is
+    # the resumed checkpoint's "loop" entry (best score and iteration), so a continued run selects
+    # exactly as an uninterrupted one.
+    eval_every: int = 0
+    evaluate: Callable[[int], float] | None = None
+    loop_state: dict | None = None
+    # optional observer of the loop on rank 0 (e.g. udaseg.tensorboard.TensorBoardLogger):
+    # log(record) after every log.jsonl line, checkpoint(iteration) after each checkpoint_latest.pt,
+    # close() at the end
+    observer: Any = None
 
 
 def _truncate_log(path: Path, keep_until: int) -> None:
@@ -300,15 +335,34 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
     iteration = spec.start_iteration
     last_saved = spec.start_iteration
     tick, tick_iteration = time.perf_counter(), iteration
+    loop = {"best_score": None, "best_iteration": None, **(spec.loop_state or {})}
+    evaluating = spec.evaluate is not None and spec.eval_every > 0
 
     def checkpoint(it: int, name: str = CHECKPOINT_LATEST) -> None:
         nonlocal last_saved
         if env.is_main:
-            save_checkpoint(spec.out_dir / name, spec.state(it))
-            if spec.on_checkpoint is not None:
+            save_checkpoint(spec.out_dir / name, {**spec.state(it), "loop": dict(loop)})
+            if spec.on_checkpoint is not None and name != CHECKPOINT_BEST:
                 spec.on_checkpoint()
-        last_saved = it
+            if spec.observer is not None and name == CHECKPOINT_LATEST:
+                spec.observer.checkpoint(it)
+        if name != CHECKPOINT_BEST:
+            last_saved = it
         barrier(env)
+
+    def select(it: int) -> float | None:
+        """Score on the target val (rank 0); keep checkpoint_best.pt when it beats the best so far."""
+        score = None
+        if env.is_main:
+            score = float(spec.evaluate(it))
+            best = loop["best_score"]
+            if math.isfinite(score) and (best is None or score > best):
+                loop["best_score"], loop["best_iteration"] = score, it
+        if env.is_main and loop["best_iteration"] == it:
+            checkpoint(it, CHECKPOINT_BEST)
+        else:
+            barrier(env)
+        return score
 
     with _StopFlag() as stop, progress:
         task = progress.add_task(spec.description, total=spec.total_iterations, completed=iteration, info="")
@@ -324,15 +378,27 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
                     "lower the learning rate or check the data, then resume with --continue"
                 )
             iteration += 1
-            if env.is_main and (iteration % spec.log_every == 0 or iteration == spec.total_iterations):
+            scored = None
+            if evaluating and (iteration % spec.eval_every == 0 or iteration == spec.total_iterations):
+                started = time.perf_counter()
+                scored = select(iteration)
+                tick += time.perf_counter() - started  # images/s counts training steps only
+            if env.is_main and (iteration % spec.log_every == 0 or iteration == spec.total_iterations
+                                or scored is not None):
                 now = time.perf_counter()
                 rate = (iteration - tick_iteration) * spec.images_per_step * env.world_size / max(now - tick, 1e-9)
                 tick, tick_iteration = now, iteration
                 record = {"iteration": iteration, **dict(zip(names, values)), **spec.lrs(),
                           "images_per_s": round(rate, 3), "time": time.time()}
+                if scored is not None:
+                    record["val_miou"] = scored
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                if spec.observer is not None:
+                    spec.observer.log(record)
                 shown = " ".join(f"{k}={v:.3g}" for k, v in zip(names, values))
+                if loop["best_score"] is not None:
+                    shown += f" val_best={loop['best_score']:.3f}@{loop['best_iteration']}"
                 progress.update(task, completed=iteration, info=shown)
             else:
                 progress.update(task, completed=iteration)
@@ -343,6 +409,8 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
                 checkpoint(iteration)
     checkpoint(iteration)
     checkpoint(iteration, CHECKPOINT_FINAL)
+    if spec.observer is not None:
+        spec.observer.close()
     return iteration
 
 
@@ -365,9 +433,11 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
     if not records:
         return
     skip = {"iteration", "time", "images_per_s"}
-    keys = [k for k in records[-1] if k not in skip and not k.startswith("lr")]
+    names = [k for k in records[-1] if k not in skip and not k.startswith(("lr", "val_"))]
+    keys = [k for k in names if not k.startswith(HEALTH_PREFIX)]
+    health = [k for k in names if k.startswith(HEALTH_PREFIX)]  # how well the heads match their targets
     its = [r["iteration"] for r in records]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if health else 2, figsize=(16 if health else 11, 4))
     for k in keys:
         axes[0].plot(its, [r.get(k, float("nan")) for r in records], label=k)
     if all(r.get(k, 1.0) > 0 for r in records for k in keys):
@@ -375,9 +445,22 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
     axes[0].set_xlabel("iteration")
     axes[0].set_title("losses")
     axes[0].legend(fontsize=7)
+    if health:
+        for k in health:
+            axes[-1].plot(its, [r.get(k, float("nan")) for r in records], label=k[len(HEALTH_PREFIX):])
+        axes[-1].set_xlabel("iteration")
+        axes[-1].set_title("head health: depth AbsRel (m), density |pred − target|")
+        axes[-1].set_yscale("log")
+        axes[-1].legend(fontsize=7)
     axes[1].plot(its, [r.get("images_per_s", float("nan")) for r in records])
     axes[1].set_xlabel("iteration")
     axes[1].set_title("images / s")
+    scored = [r for r in records if "val_miou" in r]  # train.eval_every: the target-val mIoU
+    if scored:
+        val = axes[1].twinx()
+        val.plot([r["iteration"] for r in scored], [100 * r["val_miou"] for r in scored], "o-", color="C3")
+        val.set_ylabel("target-val mIoU (%)", color="C3")
+        axes[1].set_title("images / s, target-val mIoU")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".png")
     os.close(fd)

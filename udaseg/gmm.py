@@ -263,18 +263,33 @@ class DepthGMM:
         feats = self.grid_features(invdepth)
         return self.squash_log(self.log_pdf(feats, classes.detach())).to(_out_dtype(invdepth))
 
-    def source_target(self, pred_classes: torch.Tensor, gt_labels: torch.Tensor, gt_invdepth: torch.Tensor) -> torch.Tensor:
-        """D_s [B, h, w]: squash(p_ĉ(x, y, GT inverse depth)) where the GT class is ĉ, else 0.
-
-        Pixels with GT 255 (ignore) never equal ĉ, so they get 0 too.
+    def source_target(self, pred_classes: torch.Tensor, gt_labels: torch.Tensor, gt_invdepth: torch.Tensor,
+                      off_class: str = "zero") -> torch.Tensor:
+        """D_s [B, h, w]: squash(p_ĉ(x, y, GT inverse depth)) where the GT class is ĉ; elsewhere
+        (GT 255 included) 0 with `off_class="zero"` (the paper's formula), or squash(p_ĉ(x, y, 0))
+        with `off_class="depth0"` — the release's maps, precomputed per class from the GT inverse
+        depth masked to the class (`train.d_s_off_class`).
         """
-        dens = self.density_map(pred_classes, gt_invdepth)
         keep = gt_labels.to(pred_classes.device).long() == pred_classes.long()
+        if off_class == "depth0":
+            depth = torch.where(keep, gt_invdepth.to(keep.device), torch.zeros((), dtype=gt_invdepth.dtype, device=keep.device))
+            return self.density_map(pred_classes, depth)
+        if off_class != "zero":
+            raise ValueError(f"off_class={off_class!r}: expected 'zero' or 'depth0'")
+        dens = self.density_map(pred_classes, gt_invdepth)
         return torch.where(keep, dens, torch.zeros_like(dens))
 
-    def target_target(self, pred_classes: torch.Tensor, pred_invdepth: torch.Tensor) -> torch.Tensor:
-        """D_t [B, h, w]: squash(p_ĉ(x, y, predicted inverse depth)), inputs detached."""
-        return self.density_map(pred_classes, pred_invdepth)
+    def target_target(self, pred_classes: torch.Tensor, pred_invdepth: torch.Tensor,
+                      nonpositive: str = "pdf") -> torch.Tensor:
+        """D_t [B, h, w]: squash(p_ĉ(x, y, predicted inverse depth)), inputs detached; where the
+        predicted inverse depth is ≤ 0, that pdf with `nonpositive="pdf"` or 0 with "zero" (the
+        release, `train.d_t_nonpositive_depth`)."""
+        dens = self.density_map(pred_classes, pred_invdepth)
+        if nonpositive == "zero":
+            return torch.where(pred_invdepth.detach().to(dens.device) > 0, dens, torch.zeros_like(dens))
+        if nonpositive != "pdf":
+            raise ValueError(f"nonpositive={nonpositive!r}: expected 'pdf' or 'zero'")
+        return dens
 
     def _check_grid(self, hw: Sequence[int]) -> None:
         h, w = int(hw[0]), int(hw[1])

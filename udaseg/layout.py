@@ -5,11 +5,14 @@ finds it. Stages ask this module for paths; they never spell a file name themsel
         gmm/gmm.h5              per-class depth GMMs + source class statistics   (fit-gmm)
         gmm/plots/*.png         fitted GMMs against the sampled points
         train/checkpoint_latest.pt, checkpoint_final.pt, log.jsonl, progress.png (train)
+        train/checkpoint_best.pt  the best target-val mIoU so far (train.eval_every > 0)
         pseudo/labels/<id>.png  refined target pseudo-labels, 255 = ignore       (pseudolabel)
         pseudo/color/<id>.png, pseudo/stats.json
-        self_train/checkpoint_latest.pt, checkpoint_final.pt, log.jsonl          (self-train)
+        self_train/checkpoint_latest.pt, checkpoint_final.pt, checkpoint_best.pt, log.jsonl (self-train)
         eval/summary.json, report.md, confusion.png, samples.png                 (eval)
         eval/stage1/...         the train checkpoint of a run that has self-trained
+        train/tensorboard/, self_train/tensorboard/  TensorBoard event files (the `tb` extra)
+        export/model.onnx, model.torchscript.pt (+ .json sidecar)                (export)
 
 Each stage also writes its fully resolved recipe as `config.toml` in its folder (atomically).
 """
@@ -30,6 +33,7 @@ CHECKPOINT_FINAL = "checkpoint_final.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 LOG_FILE = "log.jsonl"
 PROGRESS_PLOT = "progress.png"
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files of train / self-train (with the `tb` extra)
 PSEUDO_LABELS = "labels"
 PSEUDO_COLOR = "color"
 STATS_FILE = "stats.json"
@@ -65,11 +69,21 @@ class TrainDir:
         return self.path / PROGRESS_PLOT
 
     @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
     def config(self) -> Path:
         return self.path / CONFIG_FILE
 
     def has_checkpoints(self) -> bool:
-        return self.latest.is_file() or self.final.is_file()
+        return self.latest.is_file() or self.final.is_file() or self.best.is_file()
+
+    def checkpoint(self, kind: str) -> Path:
+        """`checkpoint_best.pt` for "best", `checkpoint_final.pt` for "final" (`train.select`)."""
+        if kind not in ("best", "final"):
+            raise ValueError(f"checkpoint kind {kind!r}: expected 'best' or 'final'")
+        return self.best if kind == "best" else self.final
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,11 @@ class RunLayout:
     @property
     def self_train_dir(self) -> Path:
         return self.self_train.path
+
+    @property
+    def last_stage(self) -> TrainDir:
+        """self_train/ once self-training has finished, else train/: whose checkpoint `eval` scores."""
+        return self.self_train if self.self_train.final.is_file() else self.train
 
     @property
     def pseudo_dir(self) -> Path:

@@ -105,6 +105,24 @@ def seg_table_markdown(summary: dict) -> list[str]:
     return lines
 
 
+KIND_TEXT = {
+    "best": "best on the target val (model selection on target labels, as the paper did)",
+    "final": "final (no selection on the target val)",
+    "latest": "latest (a run in progress)",
+    "file": "a checkpoint file",
+}
+
+
+def checkpoint_line(ck: dict) -> str:
+    """Which checkpoint a summary scored: kind, stage, iteration and, for the best one, its selection score."""
+    text = f"{KIND_TEXT.get(ck.get('kind'), 'a checkpoint file')} — `{ck['path']}` (stage {ck.get('stage')}, " \
+           f"iteration {ck.get('iteration')})"
+    sel = ck.get("selection") or {}
+    if ck.get("kind") == "best" and sel.get("best_score") is not None:
+        text += f", target-val mIoU {100 * sel['best_score']:.1f} when selected"
+    return text
+
+
 def markdown_report(summary: dict, files: Sequence[str] = ()) -> str:
     """`report.md`: the paper's table with this run as its last row, then depth and provenance."""
     ck = summary["checkpoint"]
@@ -112,7 +130,7 @@ def markdown_report(summary: dict, files: Sequence[str] = ()) -> str:
     lines = [
         f"# Evaluation: {summary['experiment']}" + (f" / {summary['name']}" if summary.get("name") else ""),
         "",
-        f"- checkpoint: `{ck['path']}` (stage {ck.get('stage')}, iteration {ck.get('iteration')}), sha256 `{ck['sha256']}`",
+        f"- checkpoint: {checkpoint_line(ck)}, sha256 `{ck['sha256']}`",
         f"- data: {summary['dataset']} `{summary['split']}`, {summary['num_images']} images, labels at "
         f"{summary['label_resolution']} resolution; input {_size(summary.get('input_size'))}",
         f"- device {summary['device']}, {summary['images_per_s']} images/s; written {summary['created']}",
@@ -133,15 +151,34 @@ def markdown_report(summary: dict, files: Sequence[str] = ()) -> str:
                   "IoU '–' = the class is in neither ground truth nor prediction (left out of the mean).", ""]
     depth = summary.get("depth")
     if depth:
+        base = summary.get("depth_baseline")
         lines += ["## Depth (metres; per image over valid ground truth, then averaged)", "",
-                  md_row([*DEPTH_HEADERS, "images"]), md_row(["---:"] * (len(DEPTH_HEADERS) + 1)),
-                  md_row([*(_num(depth.get(k)) for k in DEPTH_METRICS), str(depth.get("num_images"))]), "",
-                  f"Ground truth scored within {summary.get('depth_range_m')} m; predictions clamped to that range.", ""]
+                  md_row(["", *DEPTH_HEADERS, "images"]), md_row(["---"] + ["---:"] * (len(DEPTH_HEADERS) + 1)),
+                  md_row(["depth head", *(_num(depth.get(k)) for k in DEPTH_METRICS), str(depth.get("num_images"))])]
+        if base:
+            lines.append(md_row([f"constant {base['metres']:.1f} m (source median)",
+                                 *(_num(base.get(k)) for k in DEPTH_METRICS), str(depth.get("num_images"))]))
+        lines += ["", f"Ground truth scored within {summary.get('depth_range_m')} m; predictions clamped to that range."]
+        if base:
+            lines.append(depth_verdict(depth, base))
+        lines.append("")
     else:
         lines += ["No depth ground truth in this split: depth metrics skipped.", ""]
     if files:
         lines += ["## Files", "", *(f"- `{f}`" for f in files), ""]
     return "\n".join(lines)
+
+
+def depth_verdict(depth: dict, base: dict) -> str:
+    """One line: how the head's AbsRel compares with the constant baseline's."""
+    head, const = depth.get("abs_rel"), base.get("abs_rel")
+    if head is None or const is None or not const:
+        return ""
+    gain = 1.0 - head / const
+    if gain > 0:
+        return f"The depth head's AbsRel is {gain:.0%} below the constant baseline's."
+    return (f"The depth head's AbsRel is {-gain:.0%} above the constant baseline's: "
+            "it has not learned depth (see the train log's health/depth_absrel).")
 
 
 def _size(size: Sequence[int] | None) -> str:
@@ -171,8 +208,10 @@ def console_table(summary: dict):
     depth = summary.get("depth")
     if depth:
         table.add_section()
+        base = summary.get("depth_baseline") or {}
         for header, key in zip(DEPTH_HEADERS, DEPTH_METRICS):
-            table.add_row(header, _num(depth.get(key)), *([""] if paper else []))
+            extra = f"  (constant: {_num(base[key])})" if key in base else ""
+            table.add_row(header, _num(depth.get(key)) + extra, *([""] if paper else []))
     return table
 
 

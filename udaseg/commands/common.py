@@ -41,7 +41,9 @@ def resolve_config(config: Path | None, overrides: list[str] | None) -> Config:
 
 def fail(message: str, code: int = 1) -> None:
     """Print one line naming the problem and its fix, then exit non-zero."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message may hold brackets, e.g. pip install 'udaseg[export]'
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

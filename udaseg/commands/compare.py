@@ -14,6 +14,7 @@ from udaseg.commands.common import console, user_errors
 def compare(
     summaries: Annotated[list[Path], typer.Argument(help="summary.json files written by `udaseg eval`.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(help="Also write the table as markdown here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write setting -> seed -> numbers as JSON here.")] = None,
 ) -> None:
     """Put several runs' eval summaries in one table: per-class IoU, mIoU and mIoU*, mean ± std over seeds.
 
@@ -22,7 +23,8 @@ def compare(
     """
     from udaseg.pipeline.compare import comparison_table, run_compare
 
-    comparison = run_compare(summaries, out)
+    comparison = run_compare(summaries, out, json_out)
     console.print(comparison_table(comparison))
-    if out is not None:
-        console.print(f"written: {out}", highlight=False)
+    for path in (out, json_out):
+        if path is not None:
+            console.print(f"written: {path}", highlight=False)

@@ -17,8 +17,9 @@ def evaluate(
     set_: SetOption = None,
     data_root: DataRootOption = None,
     runs_root: RunsRootOption = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Checkpoint to score (default: self_train/checkpoint_final.pt of the run, else train/checkpoint_final.pt).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="best | final | PATH: the best-on-val or final checkpoint of the run's last stage (self_train/ once it "
+             "has finished, else train/), or a file (default: train.select).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Target split (default: data.target_val_split).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's eval/, or eval/<name>/).")] = None,
     name: Annotated[Optional[str], typer.Option(
@@ -36,17 +37,21 @@ def evaluate(
     one table.
     """
     from udaseg.layout import RunLayout
-    from udaseg.pipeline.evaluate import default_checkpoint, evaluate_checkpoint
-    from udaseg.report import console_table
+    from udaseg.pipeline.evaluate import evaluate_checkpoint, resolve_checkpoint
+    from udaseg.report import checkpoint_line, console_table
 
     cfg = resolve_config(config, set_)
     layout = RunLayout.for_config(cfg, runs_root)
-    ckpt = checkpoint if checkpoint is not None else default_checkpoint(layout)
+    chosen = resolve_checkpoint(layout, checkpoint, cfg.train.select)
+    if chosen.note:
+        console.print(f"[yellow]note:[/] {chosen.note}", highlight=False, soft_wrap=True)
+    ckpt = chosen.path
     if out is None:
         out, name = layout.eval_dir_for(ckpt, name)
     console.print(f"evaluating {ckpt} -> {out}", highlight=False)
     run = evaluate_checkpoint(cfg, ckpt, out, split=split, root=data_root, source=source, device=device,
                               max_images=max_images, workers=workers, label=label, name=name)
+    console.print(f"scored: {checkpoint_line(run.summary['checkpoint'])}", highlight=False, soft_wrap=True)
     console.print(console_table(run.summary))
     console.print("written:", highlight=False)
     for path in run.files:

@@ -18,7 +18,7 @@ def pseudolabel(
     set_: SetOption = None,
     data_root: DataRootOption = None,
     runs_root: RunsRootOption = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Train checkpoint (default: the run's train/checkpoint_final.pt).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Train checkpoint (default: the run's train/checkpoint_best.pt or checkpoint_final.pt, as train.select says).")] = None,
     refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Apply the connected-region spatial prior (M4) or only the confidence threshold (M3); default: pseudolabel.refine.")] = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Skip images whose pseudo-label is already written.")] = False,
     color: Annotated[bool, typer.Option("--color", help="Also write colourised labels to pseudo/color/.")] = False,
@@ -30,12 +30,13 @@ def pseudolabel(
     Writes pseudo/labels/<id>.png (uint8, 255 = ignore) and pseudo/stats.json (kept / removed pixels per class,
     and the pseudo-label precision before and after refinement when the target split has labels).
     """
+    from udaseg.checkpoint import pick_checkpoint
     from udaseg.layout import RunLayout
     from udaseg.pipeline.pseudolabel import run_pseudolabel
 
     cfg = resolve_config(config, set_)
     layout = RunLayout.for_config(cfg, runs_root)
-    ckpt = checkpoint or layout.train.final
+    ckpt = checkpoint or pick_checkpoint(layout.train, cfg.train.select)
     do_refine = cfg.pseudolabel.refine if refine is None else refine
     with distributed(device) as env:
         stats = run_pseudolabel(cfg, env, ckpt, data_root, runs_root, do_refine=do_refine, resume=continue_,

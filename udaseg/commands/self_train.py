@@ -18,7 +18,7 @@ def self_train(
     set_: SetOption = None,
     data_root: DataRootOption = None,
     runs_root: RunsRootOption = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Train checkpoint to start from (default: train/checkpoint_final.pt).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Train checkpoint to start from (default: train/checkpoint_best.pt or checkpoint_final.pt, as train.select says).")] = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Resume from self_train/checkpoint_latest.pt.")] = False,
     iterations: Annotated[Optional[int], typer.Option(help="Overrides self_train.iterations.")] = None,
     min_kept: Annotated[Optional[float], typer.Option(help="Refuse pseudo-labels that keep less than this fraction of target pixels (overrides self_train.min_kept_fraction; 0 = never refuse).")] = None,

@@ -26,7 +26,8 @@ def train(
     """The paper's stage 1: source segmentation + depth + density, adversarial alignment of entropy x density maps.
 
     Writes train/checkpoint_latest.pt every train.checkpoint_every iterations, train/checkpoint_final.pt at
-    the end, log.jsonl and progress.png. Ctrl-C saves a checkpoint first; --continue resumes exactly.
+    the end, train/checkpoint_best.pt at the best target-val mIoU (scored every train.eval_every iterations),
+    log.jsonl and progress.png. Ctrl-C saves a checkpoint first; --continue resumes exactly.
     Several GPUs: torchrun --nproc_per_node=N -m udaseg train --config ...
     """
     from udaseg.pipeline.train import run_train
@@ -40,5 +41,9 @@ def train(
     with distributed(device) as env:
         final = run_train(cfg, env, data_root, runs_root, resume=continue_, workers=workers)
     if env.is_main:
-        console.print(f"train done: {final}")
-        next_step(f"udaseg pseudolabel{recipe_hint(config)} --checkpoint {final} --refine")
+        from udaseg.layout import TrainDir
+
+        best = TrainDir(final.parent).best
+        chosen = best if cfg.train.select == "best" and best.is_file() else final  # what the next stages start from
+        console.print(f"train done: {final}" + (f"; best on the target val: {best}" if best.is_file() else ""))
+        next_step(f"udaseg pseudolabel{recipe_hint(config)} --checkpoint {chosen} --refine")

@@ -6,7 +6,7 @@ A subclass only finds its files (`_discover`) and says how to read its label and
     image  uint8 [3, H, W]   RGB, resized bicubic to `size`
     label  uint8 [h, w]      class index of the protocol, 255 = ignore   (if labelled)
     depth  float32 [h, w]    inverse depth 65536/(cm+1), 0 = invalid    (if depth exists)
-    valid  bool [h, w]       False on letterbox padding                  (letterbox only)
+    valid  bool [H, W]       False on letterbox padding, at the image size (letterbox only)
     name   str               a stable id (used for pseudo-label file names)
 """
 
@@ -26,6 +26,9 @@ from udaseg.data.transforms import Size, letterbox_geometry, pad_to, resize_imag
 from udaseg.errors import DataError
 
 SAME = "image"  # label_size default: labels and depth follow the image size
+# `fit` values that letterbox (aspect kept, padded: image 0, label 255, depth 0) -> their anchor;
+# "letterbox" is the older name of the centred one
+LETTERBOX_ANCHORS = {"letterbox": "center", "letterbox_center": "center", "letterbox_top_left": "top_left"}
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,15 @@ class SegmentationDataset(Dataset):
         load_image: bool = True,
         load_label: bool = True,
         load_depth: bool = True,
-        fit: Literal["stretch", "letterbox"] = "stretch",
+        fit: Literal["stretch", "letterbox", "letterbox_center", "letterbox_top_left"] = "stretch",
     ):
         self.root = Path(root)
         self.lut = None if lut is None else np.asarray(lut, dtype=np.uint8)
         self.size = tuple(size) if size is not None else None
         self.label_size = self.size if label_size == SAME else (tuple(label_size) if label_size else None)
         self.load_image, self.load_label, self.load_depth = load_image, load_label, load_depth
+        if fit not in LETTERBOX_ANCHORS and fit != "stretch":
+            raise ValueError(f"unknown fit {fit!r}; expected stretch, {', '.join(LETTERBOX_ANCHORS)}")
         self.fit = fit
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder not found; check the data root (--data-root / UDASEG_DATA) and the recipe's data section")
@@ -107,8 +112,8 @@ class SegmentationDataset(Dataset):
 
     def _place(self, array: torch.Tensor, size: Size | None, nearest: bool, pad_value: float) -> torch.Tensor:
         resize = resize_nearest if nearest else resize_image
-        if self.fit == "letterbox" and size is not None:
-            inner, offset = letterbox_geometry((array.shape[-1], array.shape[-2]), size)
+        if self.fit in LETTERBOX_ANCHORS and size is not None:
+            inner, offset = letterbox_geometry((array.shape[-1], array.shape[-2]), size, LETTERBOX_ANCHORS[self.fit])
             return pad_to(resize(array, inner), size, offset, pad_value)
         return resize(array, size)
 
@@ -120,7 +125,7 @@ class SegmentationDataset(Dataset):
             image = read_rgb(files.image)
             native = (image.shape[-1], image.shape[-2])
             sample["image"] = self._place(image, self.size, nearest=False, pad_value=0)
-            if self.fit == "letterbox" and self.size is not None:
+            if self.fit in LETTERBOX_ANCHORS and self.size is not None:
                 ones = torch.ones(image.shape[-2:], dtype=torch.uint8)
                 sample["valid"] = self._place(ones, self.size, nearest=True, pad_value=0).bool()
         if self.load_label and files.label is not None:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from udaseg.config import Config, data_root, resolve_under
 from udaseg.data.cityscapes import CityscapesDataset
 from udaseg.data.folder import ImageFolderDataset
+from udaseg.data.generic import GenericDataset, generic_split_root
 from udaseg.data.mapillary import MapillaryDataset
 from udaseg.data.protocols import get_protocol
 from udaseg.data.synthia import SynthiaDataset
@@ -29,6 +30,9 @@ def source_dataset(config: Config, root: str | Path | None = None, **kwargs) -> 
     fmt = config.data.source_format
     if fmt == "synthia":
         return SynthiaDataset(source_root(config, root), get_protocol(config.experiment.protocol), **kwargs)
+    if fmt == "generic":
+        return GenericDataset(source_root(config, root), get_protocol(config.experiment.protocol).source_lut,
+                              config.generic, **kwargs)
     raise ValueError(f"unknown data.source_format {fmt!r}")  # the config schema lists the formats
 
 
@@ -36,6 +40,7 @@ def target_dataset(config: Config, split: str, root: str | Path | None = None, l
                    **kwargs) -> Dataset:
     """The target set of the recipe; `labels=True` for evaluation (needs ground truth)."""
     kwargs.setdefault("size", config.data.target_size)
+    kwargs.setdefault("fit", config.data.target_fit)  # one geometry for every stage (train, pseudolabel, eval)
     protocol = get_protocol(config.experiment.protocol)
     path = target_root(config, root)
     fmt = config.data.target_format
@@ -43,6 +48,10 @@ def target_dataset(config: Config, split: str, root: str | Path | None = None, l
         return CityscapesDataset(path, split, protocol, load_label=labels, **kwargs)
     if fmt == "mapillary":
         return MapillaryDataset(path, split, protocol, load_label=labels, **kwargs)
+    if fmt == "generic":  # labels only where asked for (evaluation); depth only where asked for
+        kwargs.setdefault("load_depth", False)
+        return GenericDataset(generic_split_root(path, split, config.generic), protocol.target_lut, config.generic,
+                              load_label=labels, **kwargs)
     kwargs.pop("label_size", None)
     kwargs.pop("load_depth", None)
     return ImageFolderDataset(path / split if (path / split).is_dir() else path, **kwargs)

@@ -26,6 +26,7 @@ from udaseg.data.base import SampleFiles, SegmentationDataset
 from udaseg.data.build import source_root, target_root
 from udaseg.data.cityscapes import CityscapesDataset
 from udaseg.data.folder import ImageFolderDataset
+from udaseg.data.generic import GenericDataset
 from udaseg.data.mapillary import MapillaryDataset
 from udaseg.data.pngio import ImageFileError, read_png_raw, read_rgb
 from udaseg.data.protocols import CITYSCAPES_LABEL_IDS, SYNTHIA_RAW_IDS, get_protocol
@@ -121,7 +122,7 @@ def _check_sample(dataset: SegmentationDataset, index: int, plan: _Plan) -> tupl
         if missing is not None and not path.is_file():
             problems.append(f"{path}: {missing}")
             continue
-        raw = _open(problems, read_png_raw, path)
+        raw = _open(problems, _read_npy if path.suffix.lower() == ".npy" else read_png_raw, path)
         if raw is None:
             continue
         if size is not None and (raw.shape[-1], raw.shape[-2]) != size:
@@ -154,6 +155,57 @@ def _mapillary_label(problems, path, raw):
         _check_ids(problems, path, raw, set(range(MAPILLARY_NUM_IDS)), "Mapillary v1.2")
 
 
+def _read_npy(path: Path) -> torch.Tensor:
+    """A generic-format .npy depth file as a [1, H, W] tensor."""
+    from udaseg.data.generic import read_depth_file
+
+    return torch.as_tensor(np.asarray(read_depth_file(path), dtype=np.float64))[None]
+
+
+def _generic_label(known: set[int], channel: int, table: str) -> FileCheck:
+    def check(problems, path, raw):
+        if raw.dtype not in (torch.uint8, torch.uint16):
+            problems.append(f"{path}: label is {raw.dtype}, expected an 8- or 16-bit PNG of raw ids")
+            return
+        _check_ids(problems, path, raw[min(channel, raw.shape[0] - 1)], known, table)
+    return check
+
+
+def _generic_depth(config: Config) -> FileCheck:
+    """Depth decodes under the recipe's [generic] encoding to something a street scene can hold."""
+    from udaseg.data.depth import invdepth_to_metres
+    from udaseg.data.generic import stored_to_invdepth
+
+    g = config.generic
+
+    def check(problems, path, raw):
+        if raw.shape[0] > 1 and not bool((raw == raw[:1]).all()):
+            problems.append(f"{path}: depth has {raw.shape[0]} different channels; expected one channel of depth values")
+            return
+        inv = stored_to_invdepth(raw[0], g.depth_encoding, g.depth_unit, g.depth_scale, g.depth_invalid)
+        valid = inv > 0
+        if not bool(valid.any()):
+            problems.append(f"{path}: no valid depth under generic.depth_encoding={g.depth_encoding!r}, "
+                            f"depth_invalid={g.depth_invalid:g}; check the [generic] depth settings")
+            return
+        median = float(invdepth_to_metres(inv[valid]).median())
+        if not 0.05 <= median <= 2000:
+            problems.append(f"{path}: median depth {median:.4g} m is implausible; check generic.depth_unit "
+                            f"({g.depth_unit!r}), depth_scale ({g.depth_scale:g}) and depth_encoding ({g.depth_encoding!r})")
+    return check
+
+
+def _generic_known(protocol, side: str) -> tuple[set[int], str]:
+    from udaseg.data.recipe_protocol import known_raw_ids
+
+    if protocol.recipe:
+        return known_raw_ids(protocol, side), f"{protocol.name} {side} (protocol.{side}_ids / protocol.ignore_ids)"
+    if side == "source":
+        return set(SYNTHIA_RAW_IDS), "SYNTHIA class"
+    return (set(CITYSCAPES_LABEL_IDS), "Cityscapes label") if protocol.target_dataset == "cityscapes" else \
+        (set(range(MAPILLARY_NUM_IDS)), "Mapillary v1.2")
+
+
 def _build(report: DatasetReport, factory) -> SegmentationDataset | None:
     try:
         dataset = factory()
@@ -170,9 +222,16 @@ def _datasets(config: Config, root, splits) -> list[tuple[DatasetReport, Segment
     found = []
 
     src = source_root(config, root)
-    report = DatasetReport("SYNTHIA (source)", "all", src)
-    dataset = _build(report, lambda: SynthiaDataset(src, protocol))
-    found.append((report, dataset, _Plan(_synthia_label, _synthia_depth)))
+    if config.data.source_format == "generic":
+        report = DatasetReport("generic (source)", "all", src)
+        dataset = _build(report, lambda: GenericDataset(src, protocol.source_lut, config.generic))
+        known, table = _generic_known(protocol, "source")
+        plan = _Plan(_generic_label(known, config.generic.label_channel, table), _generic_depth(config))
+        found.append((report, dataset, plan))
+    else:
+        report = DatasetReport("SYNTHIA (source)", "all", src)
+        dataset = _build(report, lambda: SynthiaDataset(src, protocol))
+        found.append((report, dataset, _Plan(_synthia_label, _synthia_depth)))
 
     tgt = target_root(config, root)
     fmt = config.data.target_format
@@ -188,6 +247,16 @@ def _datasets(config: Config, root, splits) -> list[tuple[DatasetReport, Segment
             report = DatasetReport("Mapillary (target)", split, tgt)
             dataset = _build(report, lambda: MapillaryDataset(tgt, split, protocol, load_label=labelled))
             plan = _Plan(_mapillary_label)
+        elif fmt == "generic":
+            from udaseg.data.generic import generic_split_root
+
+            folder = generic_split_root(tgt, split, config.generic)
+            report = DatasetReport("generic (target)", split, folder)
+            dataset = _build(report, lambda: GenericDataset(folder, protocol.target_lut, config.generic,
+                                                            load_label=labelled, load_depth=False,
+                                                            require_labels=False))
+            known, table = _generic_known(protocol, "target")
+            plan = _Plan(_generic_label(known, config.generic.label_channel, table))
         else:
             folder = tgt / split if (tgt / split).is_dir() else tgt
             report = DatasetReport("image folder (target)", split, folder)

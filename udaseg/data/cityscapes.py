@@ -32,9 +32,9 @@ def read_camera(path: Path) -> tuple[float, float]:
 
 class CityscapesDataset(SegmentationDataset):
     def __init__(self, root: str | Path, split: str, protocol: Protocol, size=None, label_size="image",
-                 load_image: bool = True, load_label: bool = True, load_depth: bool = False):
+                 load_image: bool = True, load_label: bool = True, load_depth: bool = False, fit="stretch"):
         self.split, self.protocol = split, protocol
-        super().__init__(root, protocol.target_lut, size, label_size, load_image, load_label, load_depth)
+        super().__init__(root, protocol.target_lut, size, label_size, load_image, load_label, load_depth, fit)
 
     def _layout_hint(self) -> str:
         return f"expected leftImg8bit/{self.split}/<city>/*{IMAGE_SUFFIX} (Cityscapes layout)"

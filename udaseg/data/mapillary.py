@@ -3,8 +3,9 @@
     root/{training,validation}/images/*.jpg
     root/{training,validation}/labels/*.png    8-bit palette PNG; the palette index is the class
 
-The paper evaluates with the image and label resized with aspect kept and padded to the
-input size (label padding = ignore): pass `fit="letterbox"`.
+The release letterboxes every image and label to the input size with the aspect kept and the
+padding at the right and bottom (label padding = ignore), in training, pseudo-labelling and
+evaluation alike: `fit="letterbox_top_left"` (the recipes' `data.target_fit`).
 """
 
 from __future__ import annotations

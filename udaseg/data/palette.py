@@ -23,7 +23,9 @@ def palette_for(protocol: Protocol | int) -> np.ndarray:
     """A 256×3 uint8 lookup table: class index -> colour, everything else black."""
     num_classes = protocol if isinstance(protocol, int) else protocol.num_classes
     table = np.zeros((256, 3), np.uint8)
-    table[:num_classes] = PALETTE_16 if num_classes == 16 else PALETTE_7 if num_classes == 7 else \
+    own = None if isinstance(protocol, int) else getattr(protocol, "palette", None)  # a recipe's palette
+    table[:num_classes] = own if own is not None else PALETTE_16 if num_classes == 16 else \
+        PALETTE_7 if num_classes == 7 else \
         np.random.default_rng(0).integers(0, 256, (num_classes, 3), dtype=np.uint8)
     table[IGNORE] = IGNORE_COLOUR
     return table

@@ -46,8 +46,11 @@ class Protocol:
     classes: tuple[str, ...]
     source_lut: np.ndarray
     target_lut: np.ndarray
-    target_dataset: str  # "cityscapes" or "mapillary"
+    target_dataset: str  # "cityscapes" or "mapillary" (a recipe-defined protocol: data.target_format)
     miou_star: tuple[int, ...] | None = None
+    palette: np.ndarray | None = None  # [C, 3] uint8 class colours; None = udaseg.data.palette's defaults
+    ignore_ids: tuple[int, ...] = ()  # raw ids that are ignore on purpose (check-data does not flag them)
+    recipe: bool = False  # defined by a recipe's [protocol] section (udaseg.data.recipe_protocol)
 
     @property
     def num_classes(self) -> int:
@@ -91,8 +94,14 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+# Protocols defined by a recipe's [protocol] section, registered by name when the recipe is
+# loaded (`udaseg.config.validate`), so every stage finds them like the built-in ones.
+RECIPE_PROTOCOLS: dict[str, Protocol] = {}
+
+
 def get_protocol(name: str) -> Protocol:
     try:
-        return PROTOCOLS[name]
+        return PROTOCOLS[name] if name in PROTOCOLS else RECIPE_PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown class protocol {name!r}; choose one of {sorted(PROTOCOLS)}") from None
+        raise ValueError(f"unknown class protocol {name!r}; choose one of {sorted(PROTOCOLS)} "
+                         "or define it in the recipe's [protocol] section") from None

@@ -34,8 +34,21 @@ def resize_nearest(array: torch.Tensor, size: Size | None) -> torch.Tensor:
     return out.to(dtype)
 
 
-def letterbox_geometry(src: Size, dst: Size) -> tuple[Size, tuple[int, int]]:
-    """Aspect-kept size inside `dst` and the (left, top) offset that centres it."""
+def letterbox_geometry(src: Size, dst: Size, anchor: str = "center") -> tuple[Size, tuple[int, int]]:
+    """Aspect-kept size inside `dst` and the (left, top) offset of it.
+
+    "center": rounded size, centred. "top_left": the release's Mapillary geometry — the limiting
+    side fills `dst` exactly, the other is rounded down, and the padding is at the right and
+    bottom (offset (0, 0)).
+    """
+    if anchor == "top_left":
+        if src[0] * dst[1] > src[1] * dst[0]:  # wider than dst: full width
+            inner = (dst[0], max(1, int(src[1] * dst[0] / src[0])))
+        else:
+            inner = (max(1, int(src[0] * dst[1] / src[1])), dst[1])
+        return inner, (0, 0)
+    if anchor != "center":
+        raise ValueError(f"unknown letterbox anchor {anchor!r}; expected 'center' or 'top_left'")
     scale = min(dst[0] / src[0], dst[1] / src[1])
     inner = (max(1, round(src[0] * scale)), max(1, round(src[1] * scale)))
     return inner, ((dst[0] - inner[0]) // 2, (dst[1] - inner[1]) // 2)

@@ -1,10 +1,22 @@
-"""Frozen BatchNorm: the paper trains with one source and one target image per step, far too
-few for batch statistics, so (as in DeepLab-v2 and ADVENT) the ImageNet statistics and affine
-parameters stay fixed for the whole run."""
+"""BatchNorm modes of a backbone while training (`model.batchnorm`).
+
+The release (like ADVENT and DeepLab-v2 in PyTorch) freezes the affine parameters but trains with
+the network in `train()` mode: each forward normalises with the batch's statistics and updates
+the running statistics, which evaluation then uses. Three modes:
+
+    "train"         batch statistics, running statistics updated, affine frozen (the release)
+    "frozen"        the stored statistics, never updated (eval mode), affine frozen
+    "train_affine"  batch statistics, running statistics updated, affine learned (PyTorch's default)
+
+Frozen statistics are what a user of ImageNet weights may want with tiny batches; with random
+weights they explode (see `udaseg.model.health`).
+"""
 
 from __future__ import annotations
 
 from torch import nn
+
+BATCHNORM_MODES = ("train", "frozen", "train_affine")
 
 
 def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -37,6 +49,23 @@ class FrozenBNMixin:
         if self.freeze_bn:
             keep_eval(self)  # type: ignore[arg-type]
         return self
+
+
+def set_batchnorm_mode(module: nn.Module, mode: str) -> None:
+    """Apply one of `BATCHNORM_MODES` to every BatchNorm of `module` (a backbone)."""
+    if mode not in BATCHNORM_MODES:
+        raise ValueError(f"unknown BatchNorm mode {mode!r}; expected one of {', '.join(BATCHNORM_MODES)}")
+    for m in module.modules():
+        if isinstance(m, FrozenBNMixin):
+            m.freeze_bn = mode == "frozen"
+    for bn in batchnorms(module):
+        for p in bn.parameters():
+            p.requires_grad_(mode == "train_affine")
+    if mode == "frozen":
+        keep_eval(module)
+    else:
+        for bn in batchnorms(module):
+            bn.train(module.training)
 
 
 def init_backbone(module: nn.Module, freeze_bn: bool) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from udaseg.model.batchnorm import set_batchnorm_mode
 from udaseg.model.heads import ASPPClassifier, ScalarHead
 from udaseg.model.light import LightResNet18
 from udaseg.model.preprocess import BACKBONES
@@ -25,7 +26,7 @@ from udaseg.model.resnet import (
 )
 
 HEADS = ("seg", "depth", "density")
-HEAD_LR_MULT = 10.0  # DeepLab-v2 / ADVENT: new layers learn 10× faster than the backbone
+HEAD_LR_MULT = 10.0  # DeepLab-v2's convention for new layers; the release does not use it (`train.head_lr_mult`)
 
 
 @dataclass
@@ -62,22 +63,29 @@ class SegDepthNet(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         return [self.seg_head, self.depth_head, self.density_head]
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """SGD groups: trainable backbone parameters at `lr`, heads at 10·`lr`.
+    def param_groups(self, lr: float, head_lr_mult: float = HEAD_LR_MULT) -> list[dict]:
+        """SGD groups: trainable backbone parameters at `lr`, heads at `head_lr_mult`·`lr`.
 
-        Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
-        Frozen parameters (BatchNorm affine) are left out.
+        `head_lr_mult = 1` gives one group holding every trainable parameter, as the release's
+        optimizer. Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
+        Frozen parameters (BatchNorm affine unless trained) are left out.
         """
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         heads = [p for m in self.head_modules() for p in m.parameters() if p.requires_grad]
+        if head_lr_mult == 1.0:
+            return [{"params": backbone + heads, "lr": lr, "lr_mult": 1.0}]
         return [
             {"params": backbone, "lr": lr, "lr_mult": 1.0},
-            {"params": heads, "lr": lr * HEAD_LR_MULT, "lr_mult": HEAD_LR_MULT},
+            {"params": heads, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult},
         ]
 
 
-def build_backbone(backbone: str, init_weights: str | Path | None = None, *, light_width: int = 64) -> nn.Module:
-    """A backbone by its config name, initialised from a local ImageNet file when given."""
+def build_backbone(backbone: str, init_weights: str | Path | None = None, *, light_width: int = 64,
+                   batchnorm: str | None = None) -> nn.Module:
+    """A backbone by its config name, initialised from a local ImageNet file when given.
+
+    `batchnorm` is a `udaseg.model.batchnorm.BATCHNORM_MODES` name; None keeps the backbone's own
+    default (ResNet-101s frozen, the light one trained from scratch, frozen when pretrained)."""
     path = str(init_weights) if init_weights else ""
     if backbone == "deeplabv2_resnet101":
         net: nn.Module = CaffeResNet101()
@@ -94,19 +102,26 @@ def build_backbone(backbone: str, init_weights: str | Path | None = None, *, lig
             load_torchvision(net, path, "torchvision ResNet-18")
     else:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+    if batchnorm is not None:
+        set_batchnorm_mode(net, batchnorm)
     return net
 
 
 def build_model(backbone: str, num_classes: int, init_weights: str | Path | None = None, *,
-                light_width: int = 64, head_channels: int = 512) -> SegDepthNet:
+                light_width: int = 64, head_channels: int = 512, batchnorm: str | None = None) -> SegDepthNet:
     """`SegDepthNet` for `model.backbone` ∈ {deeplabv2_resnet101, torchvision_resnet101,
     light_resnet18}; `init_weights` is a local ImageNet backbone file ("" / None = random).
-    `head_channels` is the hidden width of the depth and density heads (512 in the paper)."""
-    return SegDepthNet(build_backbone(backbone, init_weights, light_width=light_width), num_classes, backbone,
-                       head_channels=head_channels)
+    `head_channels` is the hidden width of the depth and density heads (512 in the paper);
+    `batchnorm` the BatchNorm mode (`build_backbone`)."""
+    return SegDepthNet(build_backbone(backbone, init_weights, light_width=light_width, batchnorm=batchnorm),
+                       num_classes, backbone, head_channels=head_channels)
 
 
 def model_from_config(model_config, num_classes: int, init_weights: str | Path | None = None) -> SegDepthNet:
     """The network a recipe's [model] section describes (`udaseg.config.ModelConfig`)."""
-    return build_model(model_config.backbone, num_classes, init_weights,
-                       light_width=model_config.light_width, head_channels=model_config.head_channels)
+    net = build_model(model_config.backbone, num_classes, init_weights, light_width=model_config.light_width,
+                      head_channels=model_config.head_channels, batchnorm=model_config.batchnorm)
+    if model_config.head_init == "fan_in":
+        net.depth_head.fan_in_init()
+        net.density_head.fan_in_init()
+    return net

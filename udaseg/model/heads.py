@@ -45,9 +45,30 @@ class ScalarHead(nn.Module):
         self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1)
         self.conv3 = nn.Conv2d(hidden, out, 1)
         self.relu = nn.ReLU(inplace=True)
+        # a fixed factor on the output (1 = the paper's head); `set_output_scale` sets it so the
+        # head learns O(1) values whatever the target's units (see train.head_targets)
+        self.register_buffer("out_scale", torch.ones(()))
         init_new_layers(self)
+
+    def fan_in_init(self) -> None:
+        """He-normal hidden convs and a LeCun-normal last conv, bias 0 (model.head_init = "fan_in").
+
+        N(0, 0.01) suits the paper's widths (fan-in 2048 and 4608 keep activations O(1)); on a
+        narrow backbone it shrinks them ~5-10× per layer, so almost no gradient reaches the head's
+        weights and only conv3's bias learns."""
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.conv3.weight, 0.0, (self.conv3.in_channels * 1.0) ** -0.5)
+        nn.init.zeros_(self.conv3.bias)
+
+    def set_output_scale(self, scale: float, start: float = 0.0) -> None:
+        """Output = scale · (channel mean); start the output at `start` (through conv3's bias)."""
+        with torch.no_grad():
+            self.out_scale.fill_(float(scale))
+            self.conv3.bias.fill_(float(start) / float(scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.conv1(x))
         x = self.relu(self.conv2(x))
-        return self.conv3(x).mean(dim=1, keepdim=True)
+        return self.conv3(x).mean(dim=1, keepdim=True) * self.out_scale

@@ -41,7 +41,8 @@ class LightResNet18(FrozenBNMixin, nn.Module):
     """Dilated ResNet-18 trunk; forward returns [B, 8·width, h, w] at output stride 8.
 
     BatchNorm trains by default here (there are no pretrained statistics to keep); pass
-    `freeze_bn=True` when starting from an ImageNet file.
+    `freeze_bn=True` when starting from an ImageNet file. A recipe's `model.batchnorm` overrides
+    both (`udaseg.model.batchnorm.set_batchnorm_mode`).
     """
 
     def __init__(self, width: int = 64, freeze_bn: bool = False) -> None:

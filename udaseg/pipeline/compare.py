@@ -139,9 +139,75 @@ def comparison_table(comp: Comparison):
     return table
 
 
-def run_compare(paths: Sequence[Path], out: Path | None = None) -> Comparison:
-    """Load, group and (with `out`) write the markdown table; returns the comparison."""
-    comparison = compare([load_summary(p) for p in paths])
+def seed_of(summary: dict) -> str:
+    """The run's seed: experiment.seed of its resolved recipe, else the digits of the name's seed suffix."""
+    seed = (summary.get("config") or {}).get("experiment", {}).get("seed")
+    if seed is not None:
+        return str(seed)
+    suffix = SEED_SUFFIX.search(str(summary.get("experiment", "")))
+    return re.sub(r"\D", "", suffix.group(0)) if suffix else "?"
+
+
+def checkpoint_kind(summary: dict) -> str:
+    """best | final | latest | other: which checkpoint of its stage the summary scored."""
+    ckpt = summary.get("checkpoint") or {}
+    if ckpt.get("kind"):
+        return str(ckpt["kind"])
+    name = Path(str(ckpt.get("path", ""))).name
+    for kind in ("best", "final", "latest"):
+        if name == f"checkpoint_{kind}.pt":
+            return kind
+    return "other"
+
+
+def results_dict(summaries: Sequence[dict]) -> dict:
+    """Machine-readable: setting -> seed -> {miou, miou_star, iou, depth, depth_baseline, checkpoint},
+    plus per setting the mean ± std of the same numbers (what RESULTS.md is written from)."""
+    comparison = compare(summaries)
+    out: dict = {"protocol": comparison.protocol, "classes": comparison.classes, "settings": {}}
+    for row in comparison.rows:
+        members = [s for s in summaries if group_key(s) == row.label]
+        seeds = {}
+        for s in members:
+            seeds[seed_of(s)] = {
+                "miou": s.get("miou"), "miou_star": s.get("miou_star"), "iou": s.get("iou"),
+                "depth": s.get("depth"), "depth_baseline": s.get("depth_baseline"),
+                "checkpoint": {"kind": checkpoint_kind(s), "stage": (s.get("checkpoint") or {}).get("stage"),
+                               "iteration": (s.get("checkpoint") or {}).get("iteration")},
+                "summary": s.get("_path"),
+            }
+        depth_keys = sorted({k for s in members for k in (s.get("depth") or {}) if k != "num_images"})
+        depth_mean = {}
+        for key in depth_keys:
+            values = np.array([[np.nan if (s.get("depth") or {}).get(key) is None else s["depth"][key]] for s in members])
+            mean, std = _mean_std(values)
+            depth_mean[key] = [float(mean[0]), float(std[0])]
+        out["settings"][row.label] = {
+            "n": len(members), "seeds": seeds,
+            "mean": {"miou": list(row.miou), "miou_star": list(row.miou_star) if row.miou_star else None,
+                     "iou": {c: [float(m), float(sd)] for c, m, sd in zip(comparison.classes, row.iou_mean, row.iou_std)},
+                     "depth": depth_mean or None},
+        }
+    return _json_safe(out)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def run_compare(paths: Sequence[Path], out: Path | None = None, json_out: Path | None = None) -> Comparison:
+    """Load, group and (with `out`) write the markdown table, (with `json_out`) the per-seed
+    results as JSON; returns the comparison."""
+    summaries = [load_summary(p) for p in paths]
+    comparison = compare(summaries)
     if out is not None:
         atomic_write_bytes(out, comparison_markdown(comparison).encode())
+    if json_out is not None:
+        atomic_write_bytes(json_out, (json.dumps(results_dict(summaries), indent=1) + "\n").encode())
     return comparison

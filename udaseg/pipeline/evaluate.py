@@ -1,218 +1,68 @@
 """`udaseg eval`: a checkpoint and a labelled split -> the numbers of the paper's tables.
 
-Protocol (the paper's): the model sees images at the recipe's input size; its logits are
-upsampled bilinearly (align_corners=True) to the label's resolution — the native one for
-Cityscapes and SYNTHIA, the letterboxed input size for Mapillary (aspect kept, padding is
-ignore) — and one confusion matrix is summed over the whole split on the device. Depth
-(inverse depth 65536/(cm+1), predicted and ground truth) is converted to metres and scored
-per image, then averaged. Everything heavy stays on the device; the host sees one small
-matrix and seven sums at the end, plus the few images kept for the qualitative figure.
+The scoring itself (data, loader, the loop) is `udaseg.scoring`, shared with the training
+stages' periodic target-val evaluation; this module picks the checkpoint (best on val, final
+or a path), runs the scoring and writes summary.json, report.md and the figures. Everything
+heavy stays on the device; the host sees one small matrix and seven sums at the end, plus the
+few images kept for the qualitative figure.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 
-from udaseg.checkpoint import load_model
+from udaseg.checkpoint import checkpoint_kind, load_model, pick_checkpoint
 from udaseg.config import Config, to_toml
-from udaseg.data.build import source_dataset, source_root, target_dataset, target_root
-from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, MIN_DEPTH_M, invdepth_to_metres
+from udaseg.data.depth import MAX_DEPTH_M, MIN_DEPTH_M
 from udaseg.data.protocols import Protocol, get_protocol
-from udaseg.data.synthia import DEPTH_DIRS, find_subdir
 from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
-from udaseg.metrics import DEPTH_METRICS, confusion_matrix, depth_metrics_per_image, iou_from_confusion, mean_iou, miou_star, pixel_accuracy
-from udaseg.model import autocast, channels_last, normalize, upsample
-from udaseg.progress import progress_bar
+from udaseg.metrics import iou_from_confusion, mean_iou, miou_star, pixel_accuracy
+# re-exported for callers of this module (bench/eval.py)
+from udaseg.scoring import (EvalData, EvalOutcome, FigureSample, collate, eval_data, eval_loader,  # noqa: F401
+                            figure_indices, run_evaluation)
 
 SUMMARY_FORMAT = "udaseg.eval.v1"
-
-
-# ------------------------------------------------------------------------ data
-
-
-@dataclass(frozen=True)
-class EvalData:
-    dataset: Dataset
-    name: str  # synthia | cityscapes | mapillary
-    split: str
-    has_depth: bool
-    label_resolution: str  # "native" or "letterbox WxH"
-
-
-def eval_data(config: Config, split: str, root: str | Path | None = None, source: bool = False) -> EvalData:
-    """The labelled images to score, with depth ground truth where the dataset has it."""
-    if source:
-        has_depth = find_subdir(source_root(config, root), DEPTH_DIRS) is not None
-        ds = source_dataset(config, root, label_size=None, load_depth=has_depth)
-        return EvalData(ds, "synthia", "all", has_depth, "native")
-    fmt = config.data.target_format
-    if fmt == "cityscapes":
-        base = target_root(config, root)
-        has_depth = (base / "disparity" / split).is_dir() and (base / "camera" / split).is_dir()
-        ds = target_dataset(config, split, root, labels=True, label_size=None, load_depth=has_depth)
-        return EvalData(ds, "cityscapes", split, has_depth, "native")
-    if fmt == "mapillary":
-        size = config.data.target_size
-        ds = target_dataset(config, split, root, labels=True, label_size=size, fit="letterbox")
-        return EvalData(ds, "mapillary", split, False, f"letterbox {size[0]}x{size[1]}")
-    raise UdasegError(f"data.target_format={fmt!r} has no labels to evaluate against; "
-                      "evaluate a cityscapes or mapillary target, or pass --source")
-
-
-def collate(samples: list[dict]) -> dict:
-    """Stack what has one shape; keep a list where native label sizes differ between images."""
-    batch: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
-            batch[key] = torch.stack(values)
-        else:
-            batch[key] = values
-    return batch
-
-
-def eval_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                      prefetch_factor=4 if workers > 0 else None, collate_fn=collate)
-
-
-# ------------------------------------------------------------------------ the loop
-
-
-@dataclass
-class FigureSample:
-    """One image kept for the qualitative figure (host arrays, small)."""
-
-    name: str
-    image: np.ndarray  # uint8 [H, W, 3] (network input)
-    label: np.ndarray  # uint8 [h, w] ground truth
-    pred: np.ndarray  # uint8 [h, w]
-    depth: np.ndarray | None  # float32 [H, W] predicted inverse depth
-    density: np.ndarray | None  # float32 [H, W] predicted density
-
-
-@dataclass
-class EvalOutcome:
-    confusion: np.ndarray  # int64 [C, C]
-    num_images: int
-    depth: dict[str, float] | None  # DEPTH_METRICS + num_images, or None without depth GT
-    samples: list[FigureSample] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def images_per_s(self) -> float:
-        return self.num_images / self.elapsed_s if self.elapsed_s > 0 else float("nan")
-
-
-def figure_indices(num_images: int, k: int) -> list[int]:
-    """k indices spread evenly over the split, so every checkpoint shows the same images."""
-    if k <= 0 or num_images <= 0:
-        return []
-    return sorted({int(round(x)) for x in np.linspace(0, num_images - 1, min(k, num_images))})
-
-
-@torch.inference_mode()
-def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backbone: str, device: torch.device,
-                   *, depth: bool = False, amp: bool = True, sample_indices: Sequence[int] = (),
-                   depth_range: tuple[float, float] = (MIN_DEPTH_M, MAX_DEPTH_M), progress: bool = True,
-                   total: int | None = None) -> EvalOutcome:
-    """Score every batch of `loader` (dicts with image, label, optional depth / valid)."""
-    model.eval()
-    c = num_classes
-    cm = torch.zeros(c * c, dtype=torch.int64, device=device)
-    depth_sum = torch.zeros(len(DEPTH_METRICS), dtype=torch.float64, device=device)
-    depth_images = torch.zeros((), dtype=torch.int64, device=device)
-    keep = set(sample_indices)
-    samples: list[FigureSample] = []
-    lo, hi = depth_range
-    inv_floor = INVDEPTH_SCALE / (hi * 100.0 + 1.0)  # predictions beyond `hi` clamp to it
-    seen = 0
-    total = total if total is not None else len(loader.dataset)
-    start = time.perf_counter()
-    with progress_bar(progress) as bar:
-        task = bar.add_task("eval", total=total, info="")
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            b = images.shape[0]
-            wanted = [j for j in range(b) if seen + j in keep]
-            heads = ["seg"]
-            if depth or wanted:
-                heads.append("depth")
-            if wanted:
-                heads.append("density")
-            x = channels_last(normalize(images, backbone), device)
-            with autocast(device, amp):
-                out = model(x, heads=tuple(heads))
-
-            labels = batch["label"]
-            groups = [(list(range(b)), labels)] if isinstance(labels, torch.Tensor) else \
-                [([j], labels[j][None]) for j in range(b)]
-            for idx, label in groups:
-                label = label.to(device, non_blocking=True)
-                hw = tuple(label.shape[-2:])
-                # channels-last logits: the argmax over classes reads contiguous memory (4x on CPU)
-                pred = upsample(out.seg[idx].contiguous(memory_format=torch.channels_last), hw).argmax(1)
-                cm += confusion_matrix(pred, label, c).view(-1)
-                if depth and "depth" in batch:
-                    gt_inv = batch["depth"]
-                    gt_inv = (gt_inv[idx] if isinstance(gt_inv, torch.Tensor) else torch.stack([gt_inv[j] for j in idx]))
-                    gt_m = invdepth_to_metres(gt_inv.to(device, non_blocking=True))
-                    pred_inv = upsample(out.depth[idx], hw)[:, 0]
-                    pred_m = invdepth_to_metres(pred_inv.clamp_min(inv_floor)).clamp(lo, hi)
-                    valid = (gt_m >= lo) & (gt_m <= hi)
-                    per_image, n = depth_metrics_per_image(pred_m, gt_m, valid)
-                    has = n > 0
-                    depth_sum += torch.where(has[:, None], per_image, torch.zeros_like(per_image)).double().sum(0)
-                    depth_images += has.sum()
-                for k, j in enumerate(idx):
-                    if j in wanted:
-                        samples.append(_figure_sample(batch, j, images[j], label[k], pred[k], out, x.shape[-2:]))
-            seen += b
-            elapsed = time.perf_counter() - start
-            bar.update(task, completed=seen, info=f"{seen / max(elapsed, 1e-9):.2f} img/s")
-    confusion = cm.view(c, c).cpu().numpy()
-    elapsed = time.perf_counter() - start
-    depth_result = None
-    if depth:
-        n_depth = int(depth_images)
-        means = (depth_sum / max(n_depth, 1)).cpu().tolist() if n_depth else [float("nan")] * len(DEPTH_METRICS)
-        depth_result = {**dict(zip(DEPTH_METRICS, means)), "num_images": n_depth}
-    return EvalOutcome(confusion, seen, depth_result, samples, elapsed)
-
-
-def _figure_sample(batch: dict, j: int, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, out,
-                   input_hw) -> FigureSample:
-    def at_input(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else upsample(t[j:j + 1], tuple(input_hw))[0, 0].cpu().numpy()
-
-    return FigureSample(str(batch["name"][j]), image.permute(1, 2, 0).cpu().numpy(), label.to(torch.uint8).cpu().numpy(),
-                        pred.to(torch.uint8).cpu().numpy(), at_input(out.depth), at_input(out.density))
 
 
 # ------------------------------------------------------------------------ a checkpoint, end to end
 
 
-def default_checkpoint(layout: RunLayout) -> Path:
-    """The run's last word: self-training's final checkpoint, else train's."""
-    candidates = (layout.self_train.final, layout.train.final)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise UdasegError(f"no checkpoint: neither {candidates[0]} nor {candidates[1]} exists; "
-                      "run `udaseg train` (and `udaseg self-train`) first, or pass --checkpoint PATH")
+@dataclass(frozen=True)
+class ChosenCheckpoint:
+    path: Path
+    kind: str  # best | final | latest | file
+    note: str = ""  # why it is not the one asked for, when it is not
+
+
+def resolve_checkpoint(layout: RunLayout, which: str | None, select: str = "final") -> ChosenCheckpoint:
+    """`--checkpoint best|final|PATH` -> the file to score. best / final are those of the run's last
+    stage (self_train/ once it has finished, else train/); None means the recipe's `train.select`,
+    falling back to the final checkpoint (said in `note`) when the run kept no best one."""
+    if which is not None and which not in ("best", "final"):
+        return ChosenCheckpoint(Path(which), checkpoint_kind(which))
+    folder = layout.last_stage
+    if not (folder.final.is_file() or folder.best.is_file()):
+        raise UdasegError(f"no checkpoint: neither {layout.self_train.final} nor {layout.train.final} exists; "
+                          "run `udaseg train` (and `udaseg self-train`) first, or pass --checkpoint PATH")
+    kind = which or select
+    if which is None and kind == "best" and not folder.best.is_file():
+        return ChosenCheckpoint(folder.final, "final", f"no {folder.best.name} in {folder.path} (its eval_every was 0), "
+                                                       "so the final checkpoint is scored")
+    return ChosenCheckpoint(pick_checkpoint(folder, kind), kind)
+
+
+def default_checkpoint(layout: RunLayout, select: str = "final") -> Path:
+    """The run's last word: the last stage's `select` checkpoint (see `resolve_checkpoint`)."""
+    return resolve_checkpoint(layout, None, select).path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -259,6 +109,7 @@ def build_summary(config: Config, protocol: Protocol, data: EvalData, outcome: E
         "iou": dict(zip(protocol.classes, iou.tolist())),
         "confusion_matrix": outcome.confusion.tolist(),
         "depth": outcome.depth,
+        "depth_baseline": outcome.depth_baseline,
         "depth_range_m": [MIN_DEPTH_M, MAX_DEPTH_M] if outcome.depth else None,
         "device": str(device),
         "elapsed_s": round(outcome.elapsed_s, 3),
@@ -267,6 +118,21 @@ def build_summary(config: Config, protocol: Protocol, data: EvalData, outcome: E
         "config": config.to_dict(),
     }
     return _finite(summary)
+
+
+def source_median_invdepth(config: Config, checkpoint: Path) -> float | None:
+    """The constant depth baseline: the source's median inverse depth from the run's gmm.h5
+    (beside the checkpoint's run folder); None when there is none to read."""
+    from udaseg.gmm import load_gmm
+
+    gmm_file = Path(checkpoint).absolute().parent.parent / "gmm" / "gmm.h5"
+    if not gmm_file.is_file():
+        return None
+    try:
+        value = load_gmm(gmm_file).invdepth_median
+    except UdasegError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -293,7 +159,8 @@ def evaluate_checkpoint(config: Config, checkpoint: Path, out_dir: Path, *, spli
     loader = eval_loader(dataset, config.eval.batch_size, config.data.num_workers if workers is None else workers)
     picks = figure_indices(len(dataset), config.eval.num_figure_samples) if figures else []
     outcome = run_evaluation(model, loader, protocol.num_classes, config.model.backbone, dev, depth=data.has_depth,
-                             sample_indices=picks, progress=progress, total=len(dataset))
+                             sample_indices=picks, progress=progress, total=len(dataset),
+                             baseline_invdepth=source_median_invdepth(config, checkpoint))
     summary = build_summary(config, protocol, data, outcome, checkpoint, info, dev, label, name)
     files = write_artifacts(out_dir, summary, outcome.samples, protocol, to_toml(config), figures=figures)
     return EvalRun(summary, files, outcome)

@@ -4,7 +4,10 @@ For every target training image: the softmax at the refinement resolution, its a
 confidence; pixels below `conf_threshold` become 255; with `--refine` the spatial prior then
 drops every connected region (same class, 8-connected) smaller than its class threshold
 thres_i = N_b0 + (N_i − N_min)/(N_max − N_min)·N_b1, N_i the source pixel frequency of
-class i from gmm.h5, rescaled by area from `thresholds_size` to `refine_size`.
+class i from gmm.h5 — pixel counts at any `refine_size` (the release), or rescaled by area from
+`thresholds_size` (`pseudolabel.threshold_scaling = "area"`). A letterboxed target's padding
+is labelled 255; `pseudolabel.max_images` labels only the first N images (the release: 9,000
+for Mapillary), and self-training reads the same subset.
 
 The GPU runs the network and the refinement; decoding happens in DataLoader workers and PNG
 encoding in a thread pool, so neither waits for the other. `stats.json` says what the
@@ -29,6 +32,7 @@ from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
 from udaseg.data.pngio import atomic_write_bytes, encode_png
 from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.pseudo import pseudo_label_subset
 from udaseg.engine import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, UdasegError
 from udaseg.gmm import load_gmm
@@ -38,22 +42,39 @@ from udaseg.progress import progress_bar
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 
 
+def thresholds_from(config: Config, frequencies) -> torch.Tensor:
+    """thres_i from the source class frequencies, as pixel counts at `refine_size`: the same counts
+    at any size (`threshold_scaling = "none"`, the release) or rescaled by area from
+    `thresholds_size` ("area")."""
+    pl = config.pseudolabel
+    thresholds = class_thresholds(frequencies, pl.n_b0, pl.n_b1)
+    if pl.threshold_scaling == "area":
+        return rescale_thresholds(thresholds, pl.thresholds_size, pl.refine_size)
+    return thresholds
+
+
 def thresholds_for(config: Config, layout: RunLayout) -> torch.Tensor:
     """The spatial prior's minimum region sizes at the refinement resolution."""
     if not layout.gmm_file.is_file():
         raise UdasegError(f"{layout.gmm_file}: not found; the spatial prior needs the source class frequencies — run `udaseg fit-gmm` first")
     gmm = load_gmm(layout.gmm_file, protocol=config.experiment.protocol)
-    pl = config.pseudolabel
-    thresholds = class_thresholds(gmm.frequencies, pl.n_b0, pl.n_b1)
-    return rescale_thresholds(thresholds, pl.thresholds_size, pl.refine_size)
+    return thresholds_from(config, gmm.frequencies)
 
 
 def _target_with_optional_labels(config: Config, root, size) -> tuple[torch.utils.data.Dataset, bool]:
     split = config.data.target_train_split
+    limit = config.pseudolabel.max_images
     try:
-        return target_dataset(config, split, root, labels=True, size=config.data.target_size, label_size=size), True
+        ds = target_dataset(config, split, root, labels=True, size=config.data.target_size, label_size=size)
+        return pseudo_label_subset(ds, limit), True
     except DataError:
-        return target_dataset(config, split, root, labels=False, size=config.data.target_size), False
+        return pseudo_label_subset(target_dataset(config, split, root, labels=False, size=config.data.target_size), limit), False
+
+
+def padding_at(valid: torch.Tensor, size_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """The letterbox padding [B, H, W] (True = padding) of the input canvas, nearest-resized to `size_hw`."""
+    v = F.interpolate(valid.to(device)[:, None].float(), size=size_hw, mode="nearest-exact")[:, 0]
+    return v < 0.5
 
 
 def predict(model, images: torch.Tensor, backbone: str, size_hw: tuple[int, int], amp: bool):
@@ -66,7 +87,7 @@ def predict(model, images: torch.Tensor, backbone: str, size_hw: tuple[int, int]
     return labels.to(torch.uint8), confidence
 
 
-def _write(path: Path, array, colour_path: Path | None, num_classes: int) -> None:
+def _write(path: Path, array, colour_path: Path | None, num_classes) -> None:  # a count or the Protocol (its palette)
     atomic_write_bytes(path, encode_png(array))
     if colour_path is not None:
         atomic_write_bytes(colour_path, encode_png(colorize(array, num_classes)))
@@ -111,13 +132,16 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
             for batch in loader:
                 images = batch["image"].to(env.device, non_blocking=True)
                 pred, conf = predict(model, images, config.model.backbone, (height, width), config.train.amp)
+                if "valid" in batch:  # letterbox padding (data.target_fit) is never a pseudo-label
+                    pred = torch.where(padding_at(batch["valid"], (height, width), pred.device),
+                                       torch.full_like(pred, IGNORE), pred)
                 confident = torch.where(conf >= pl.conf_threshold, pred, torch.full_like(pred, IGNORE))
                 refined = (refine(pred, conf, thresholds, pl.conf_threshold, pl.connectivity)
                            if do_refine else confident)
                 _accumulate(counts, pred, confident, refined, batch.get("label"), C)
                 for name, array in zip(batch["name"], refined.cpu().numpy()):
                     colour_path = colour_dir / f"{name}.png" if colour else None
-                    pending.append(pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, C))
+                    pending.append(pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, protocol))
                 bar.advance(task, len(batch["name"]))
         for job in pending:
             job.result()  # surface write errors

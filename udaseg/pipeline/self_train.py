@@ -1,7 +1,9 @@
 """`udaseg self-train`: the paper's stage 2 — cross-entropy on the refined target pseudo-labels.
 
-Starts from the train checkpoint's weights with a fresh SGD optimizer and the same hyper-parameters;
-optionally keeps the source supervised losses. Set-up, loop, checkpoints, resume and logging
+Starts from the train checkpoint's weights (best on the target val or final, `train.select`) with a
+fresh SGD optimizer and the same hyper-parameters; the poly denominator is `self_train.lr_horizon`
+(the release keeps stage 1's 90,000); evaluated on the target val every `self_train.eval_every`
+iterations, the best kept. Optionally keeps the source supervised losses. Set-up, loop, checkpoints, resume and logging
 are the training engine's (`udaseg.engine`), shared with `udaseg train`.
 """
 
@@ -12,20 +14,22 @@ from pathlib import Path
 
 import torch
 
-from udaseg.checkpoint import check_compatible, load_checkpoint
+from udaseg.checkpoint import check_compatible, load_checkpoint, pick_checkpoint
 from udaseg.config import Config
 from udaseg.data.base import read_channel
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.protocols import IGNORE, get_protocol
-from udaseg.data.pseudo import PseudoLabelDataset
+from udaseg.data.pseudo import PseudoLabelDataset, pseudo_label_subset
 from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
-                           plot_progress, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr, set_rng_state,
-                           training_state, unwrap, wrap_ddp)
+                           plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
+                           set_rng_state, training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout, write_config
 from udaseg.losses import berhu, weighted_cross_entropy
 from udaseg.model import autocast, normalize, upsample
+from udaseg.scoring import ValScorer
+from udaseg.tensorboard import tensorboard_observer
 
 
 class SelfTrainStep:
@@ -40,7 +44,8 @@ class SelfTrainStep:
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         st, t, p, dev = self.cfg.self_train, self.cfg.train, self.p, self.env.device
-        set_lr(p.optimizer, poly_lr(t.lr, iteration, st.iterations, t.power))
+        # the release keeps stage 1's MAX_ITERS as the denominator: self_train.lr_horizon
+        set_lr(p.optimizer, poly_lr(t.lr, iteration, poly_horizon(st.iterations, st.lr_horizon), t.power))
         p.optimizer.zero_grad(set_to_none=True)
         tgt = next(self.target_iter)
         out, _ = self._forward(tgt, ("seg",))
@@ -110,8 +115,9 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
 
     state = resume_or_refuse(folder, config, parts, env, resume)
     start = int(state["iteration"]) if state else 0
-    if not resume:  # start from the train checkpoint, with a fresh optimizer
-        init = init_checkpoint or layout.train.final
+    loop_state = state.get("loop") if state else None
+    if not resume:  # start from the train checkpoint (train.select: best on val, or final), with a fresh optimizer
+        init = init_checkpoint or pick_checkpoint(layout.train, t.select)
         state = load_checkpoint(init, map_location=env.device)
         check_compatible(state, config, init)
         unwrap(model).load_state_dict(state["model"])
@@ -119,12 +125,16 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
     workers = config.data.num_workers if workers is None else workers
     configure_cpu_threads(env, workers)
     seed = config.experiment.seed
-    pseudo = PseudoLabelDataset(target_dataset(config, config.data.target_train_split, root), layout.pseudo_labels_dir)
+    target = pseudo_label_subset(target_dataset(config, config.data.target_train_split, root),
+                                 config.pseudolabel.max_images)  # the images pseudolabel labelled
+    pseudo = PseudoLabelDataset(target, layout.pseudo_labels_dir)
     check_pseudo_labels(config, layout, pseudo)
     target_iter = sampled_batches(pseudo, st.batch_size, workers, seed + 2, start, env)
     source_iter = None
     if st.keep_source_loss:
         source_iter = sampled_batches(source_dataset(config, root), t.batch_size_source, workers, seed + 3, start, env)
+    scorer = ValScorer(config, unwrap(model), env.device, root, workers, "self_train.eval_every") \
+        if st.eval_every > 0 else None
     if resume:  # iter(loader) draws a base seed from the global RNG: restore it after, not before
         set_rng_state(state["rng"])
     if env.is_main:
@@ -139,6 +149,8 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
         state=lambda it: training_state(config, parts, it, "self_train"),
         lrs=lambda: {"lr": optimizer.param_groups[0]["lr"]}, progress=progress,
         on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
+        eval_every=st.eval_every, evaluate=scorer, loop_state=loop_state,
+        observer=tensorboard_observer(config, folder.path, env, model, root, start),
     )
     run_loop(spec, env)
     return folder.final

@@ -22,8 +22,9 @@ from udaseg.config import Config, data_root, resolve_under
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
-                           plot_progress, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr, set_rng_state,
+from udaseg.engine import (HEALTH_PREFIX, DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
+                           plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
+                           set_rng_state,
                            training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
@@ -31,6 +32,8 @@ from udaseg.layout import RunLayout, write_config
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
 from udaseg.model import Discriminator, autocast, channels_last, normalize, to_grid, upsample
 from udaseg.model.health import check_trainable
+from udaseg.scoring import ValScorer
+from udaseg.tensorboard import tensorboard_observer
 
 
 def load_gmm_for(config: Config, layout: RunLayout, required: bool) -> DepthGMM | None:
@@ -55,9 +58,11 @@ def init_weights_path(config: Config, root: str | Path | None) -> Path | None:
 def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> TrainParts:
     t = config.train
     num_classes = get_protocol(config.experiment.protocol).num_classes
-    needs_gmm = t.ablation == "m2" or t.class_weights == "frequency"
+    needs_gmm = t.ablation == "m2" or t.class_weights == "frequency" or t.head_targets == "normalized"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
     model = build_network(config, num_classes, env, init_weights_path(config, root))
+    if t.head_targets == "normalized":
+        scale_heads(model, gmm, layout)
     check_trainable(model, config, env.device)
     optimizer = build_sgd(model, t)
     disc = optimizer_disc = None
@@ -75,6 +80,18 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
     return TrainParts(model, optimizer, disc, optimizer_disc, gmm, weights)
 
 
+def scale_heads(model, gmm: DepthGMM, layout: RunLayout) -> None:
+    """train.head_targets = "normalized": the depth head predicts in units of the source median
+    inverse depth and starts there; the density head in units of squash_max, starting at 0."""
+    median = gmm.invdepth_median
+    if not (median == median and median > 0):  # NaN or ≤ 0: a gmm.h5 without the statistic
+        raise UdasegError(f"{layout.gmm_file}: has no source median inverse depth (written by an older fit-gmm); "
+                          "re-run `udaseg fit-gmm`, or set train.head_targets=\"raw\"")
+    net = unwrap(model)
+    net.depth_head.set_output_scale(median, start=median)
+    net.density_head.set_output_scale(gmm.squash_max, start=0.0)
+
+
 class Stage1Step:
     """One train iteration; the data iterators are consumed one batch each per call."""
 
@@ -82,7 +99,13 @@ class Stage1Step:
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
         self.source_iter, self.target_iter = source_iter, target_iter
         self.backbone = config.model.backbone
+        self.horizon = poly_horizon(self.t.iterations, self.t.lr_horizon)  # the release's MAX_ITERS
         self.heads, self.target_heads, self.adv_weight = ABLATIONS[self.t.ablation]
+        net = unwrap(parts.model)
+        # the berHu losses in the heads' own units (÷ 1 for the paper's raw heads): see train.head_targets
+        self.depth_unit = float(net.depth_head.out_scale)
+        self.density_unit = float(net.density_head.out_scale)
+        self.adv_unit = parts.gmm.squash_max if self.t.adv_density == "unit" and parts.gmm is not None else 1.0
 
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
@@ -90,7 +113,7 @@ class Stage1Step:
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         t, p, dev = self.t, self.p, self.env.device
-        set_lr(p.optimizer, poly_lr(t.lr, iteration, t.iterations, t.power))
+        set_lr(p.optimizer, poly_lr(t.lr, iteration, self.horizon, t.power))
         p.optimizer.zero_grad(set_to_none=True)
         losses: dict[str, torch.Tensor] = {}
 
@@ -108,14 +131,15 @@ class Stage1Step:
             depth_s = src["depth"].to(dev, non_blocking=True)
             pred_depth_s = upsample(out_s.depth, size_s)[:, 0]
             losses["depth"] = berhu(pred_depth_s, depth_s, mask=depth_s > 0)
-            loss_s = loss_s + t.lambda_dep * losses["depth"]
+            loss_s = loss_s + t.lambda_dep * losses["depth"] / self.depth_unit
             health.update(depth_health(pred_depth_s.detach(), depth_s))
         if "density" in self.heads:
             grid_hw = tuple(out_s.seg.shape[-2:])
-            d_s = p.gmm.source_target(out_s.seg.detach().argmax(1), to_grid(label_s, grid_hw), to_grid(depth_s, grid_hw))
+            d_s = p.gmm.source_target(out_s.seg.detach().argmax(1), to_grid(label_s, grid_hw), to_grid(depth_s, grid_hw),
+                                      off_class=t.d_s_off_class)
             losses["density_src"] = berhu(out_s.density[:, 0].float(), d_s.float())
-            loss_s = loss_s + t.lambda_bal * losses["density_src"]
-            health["health/density_mae_src"] = (out_s.density[:, 0].detach().float() - d_s.float()).abs().mean()
+            loss_s = loss_s + t.lambda_bal * losses["density_src"] / self.density_unit
+            health[f"{HEALTH_PREFIX}density_mae_src"] = (out_s.density[:, 0].detach().float() - d_s.float()).abs().mean()
         loss_s.backward()
 
         if p.disc is not None:
@@ -127,14 +151,17 @@ class Stage1Step:
                 out_t = p.model(x_t, heads=self.target_heads)
             loss_t = 0.0
             if "density" in self.heads:
-                d_t = p.gmm.target_target(out_t.seg.detach().argmax(1), out_t.depth.detach()[:, 0])
+                d_t = p.gmm.target_target(out_t.seg.detach().argmax(1), out_t.depth.detach()[:, 0],
+                                          nonpositive=t.d_t_nonpositive_depth)
                 losses["density_tgt"] = berhu(out_t.density[:, 0].float(), d_t.float())
-                loss_t = t.lambda_tar * losses["density_tgt"]
+                loss_t = t.lambda_tar * losses["density_tgt"] / self.density_unit
                 if self.env.distributed:  # the target depth only feeds D_t (detached); DDP needs a grad
                     loss_t = loss_t + 0.0 * out_t.depth.float().sum()
-                health["health/density_mae_tgt"] = (out_t.density[:, 0].detach().float() - d_t.float()).abs().mean()
+                health[f"{HEALTH_PREFIX}density_mae_tgt"] = (out_t.density[:, 0].detach().float() - d_t.float()).abs().mean()
             # F̂ = entropy × this map: 1 (ADVENT, M1), predicted inverse depth (DADA), predicted density (M2)
             weight_s, weight_t = adversarial_weights(self.adv_weight, out_s, out_t)
+            if self.adv_weight == "density" and self.adv_unit != 1.0:
+                weight_s, weight_t = weight_s / self.adv_unit, weight_t / self.adv_unit
             f_t = adversarial_input(out_t.seg.float(), weight_t, size_t)
             disc = unwrap(p.disc)
             disc.requires_grad_(False)
@@ -143,7 +170,7 @@ class Stage1Step:
             disc.requires_grad_(True)
 
             # ---- discriminator on detached maps
-            set_lr(p.optimizer_disc, poly_lr(t.lr_disc, iteration, t.iterations, t.power))
+            set_lr(p.optimizer_disc, poly_lr(t.lr_disc, iteration, self.horizon, t.power))
             p.optimizer_disc.zero_grad(set_to_none=True)
             f_s = adversarial_input(out_s.seg.detach().float(), weight_s, size_s)
             loss_d_s = bce_adv(p.disc(f_s), SOURCE_LABEL) / 2
@@ -190,7 +217,7 @@ def depth_health(pred_invdepth: torch.Tensor, gt_invdepth: torch.Tensor) -> dict
     floor = INVDEPTH_SCALE / (MAX_DEPTH_M * 100.0 + 1.0)
     pred_m = invdepth_to_metres(pred_invdepth.float().clamp_min(floor))
     gt_m = invdepth_to_metres(gt_invdepth.float())
-    return {"health/depth_absrel": ((pred_m - gt_m).abs() / gt_m)[valid].mean()}
+    return {f"{HEALTH_PREFIX}depth_absrel": ((pred_m - gt_m).abs() / gt_m)[valid].mean()}
 
 
 def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
@@ -218,12 +245,15 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
         tgt_iter = sampled_batches(tgt, t.batch_size_target, workers, seed + 1, start, env)
     if resume:  # iter(loader) draws a base seed from the global RNG: restore it after, not before
         set_rng_state(state["rng"])
+    scorer = ValScorer(config, unwrap(parts.model), env.device, root, workers) if t.eval_every > 0 else None
     if env.is_main:
         write_config(folder.path, config)
     step = Stage1Step(config, parts, env, src_iter, tgt_iter)
 
     def lrs() -> dict[str, float]:
         values = {"lr": parts.optimizer.param_groups[0]["lr"]}
+        if t.head_lr_mult != 1.0:  # the heads' group (the release has one group)
+            values["lr_heads"] = parts.optimizer.param_groups[1]["lr"]
         if parts.optimizer_disc is not None:
             values["lr_disc"] = parts.optimizer_disc.param_groups[0]["lr"]
         return values
@@ -235,6 +265,8 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
         description=f"train {config.experiment.name} [{t.ablation}]",
         step=step, state=lambda it: training_state(config, parts, it, "stage1"), lrs=lrs, progress=progress,
         on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
+        eval_every=t.eval_every, evaluate=scorer, loop_state=state.get("loop") if state else None,
+        observer=tensorboard_observer(config, folder.path, env, parts.model, root, start),
     )
     run_loop(spec, env)
     return folder.final

@@ -1,0 +1,124 @@
+"""The markdown tables of RESULTS.md, from the machine-readable ablation file `make ablation` writes.
+
+    .venv/bin/python bench/ablation_report.py results/ablation_demo.json [--final results/ablation_demo_final.json]
+
+Prints: paper Tables 1 + 3 on the built-in benchmark (mean ± std of mIoU and per-class IoU per
+setting), the depth metrics per setting beside the constant baseline, the per-seed mIoU, the
+orderings the paper claims (M1 < M2, M3 ≤ M4) seed by seed, and the gap closure
+(M4 − source-only) / (oracle − source-only). Nothing here is tuned: it reads numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+ORDER = ("source_only", "advent", "dada", "m1", "m2", "m3", "m4", "oracle")
+NAMES = {"source_only": "source only", "advent": "ADVENT (Table 1)", "dada": "DADA (Table 1)", "m1": "M1",
+         "m2": "M2", "m3": "M3", "m4": "M4", "oracle": "oracle (target labels)"}
+
+
+def pm(pair) -> str:
+    if pair is None or pair[0] is None:
+        return "–"
+    mean, std = pair
+    return f"{mean:.1f}" if std is None or (isinstance(std, float) and math.isnan(std)) else f"{mean:.1f} ± {std:.1f}"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return mean, std
+
+
+def tables(results: dict, title: str) -> list[str]:
+    settings = results["settings"]
+    present = [s for s in ORDER if s in settings]
+    classes = results["classes"]
+    lines = [f"### {title}", "", "| setting | n | " + " | ".join(classes) + " | mIoU |",
+             "|---|---:|" + "---:|" * (len(classes) + 1)]
+    for s in present:
+        row = settings[s]["mean"]
+        lines.append(f"| {NAMES[s]} | {settings[s]['n']} | " + " | ".join(pm(row["iou"][c]) for c in classes)
+                     + f" | **{pm(row['miou'])}** |")
+    lines += ["", "Per seed (mIoU %):", "", "| setting | " + " | ".join(f"seed {k}" for k in _seeds(settings)) + " |",
+              "|---|" + "---:|" * len(_seeds(settings))]
+    for s in present:
+        seeds = settings[s]["seeds"]
+        lines.append(f"| {NAMES[s]} | " + " | ".join(
+            f"{100 * seeds[k]['miou']:.1f}" if k in seeds and seeds[k]["miou"] is not None else "–"
+            for k in _seeds(settings)) + " |")
+    lines += ["", *orderings(settings), ""]
+    return lines
+
+
+def _seeds(settings: dict) -> list[str]:
+    return sorted({k for s in settings.values() for k in s["seeds"]}, key=lambda k: (len(k), k))
+
+
+def _miou(settings: dict, setting: str, seed: str) -> float | None:
+    entry = settings.get(setting, {}).get("seeds", {}).get(seed)
+    return None if entry is None or entry["miou"] is None else 100 * entry["miou"]
+
+
+def orderings(settings: dict) -> list[str]:
+    out = []
+    seeds = _seeds(settings)
+    for a, b, op in (("m1", "m2", "<"), ("m3", "m4", "≤"), ("source_only", "m2", "<")):
+        if a in settings and b in settings:
+            per = [(_miou(settings, a, k), _miou(settings, b, k)) for k in seeds]
+            per = [(x, y) for x, y in per if x is not None and y is not None]
+            ok = sum((x < y) if op == "<" else (x <= y) for x, y in per)
+            ma, mb = settings[a]["mean"]["miou"][0], settings[b]["mean"]["miou"][0]
+            holds = (ma < mb) if op == "<" else (ma <= mb)
+            out.append(f"- {NAMES[a]} {op} {NAMES[b]}: means {ma:.1f} vs {mb:.1f} ({'holds' if holds else 'does not hold'}); "
+                       f"per seed {ok} of {len(per)} (differences {', '.join(f'{y - x:+.1f}' for x, y in per)})")
+    if all(s in settings for s in ("source_only", "m4", "oracle")):
+        closures = []
+        for k in seeds:
+            so, m4, orc = (_miou(settings, s, k) for s in ("source_only", "m4", "oracle"))
+            if None not in (so, m4, orc) and orc != so:
+                closures.append((m4 - so) / (orc - so))
+        so, m4, orc = (settings[s]["mean"]["miou"][0] for s in ("source_only", "m4", "oracle"))
+        out.append(f"- gap closure (M4 − source only) / (oracle − source only): {(m4 - so) / (orc - so):.2f} on the means; "
+                   f"per seed {', '.join(f'{c:.2f}' for c in closures)}")
+    return out
+
+
+def depth_table(results: dict) -> list[str]:
+    settings = results["settings"]
+    lines = ["### Depth on the target val (metres), mean over seeds", "",
+             "| setting | AbsRel | RMSE | δ<1.25 | constant baseline AbsRel | AbsRel below the constant |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for s in ORDER:
+        if s not in settings:
+            continue
+        rows = [v for v in settings[s]["seeds"].values() if v.get("depth") and v["depth"].get("abs_rel") is not None]
+        if not rows:
+            continue
+        absrel = mean_std([r["depth"]["abs_rel"] for r in rows])
+        rmse = mean_std([r["depth"]["rmse"] for r in rows])
+        d1 = mean_std([r["depth"]["delta1"] for r in rows])
+        base = [r["depth_baseline"]["abs_rel"] for r in rows if r.get("depth_baseline")]
+        gains = [1 - r["depth"]["abs_rel"] / r["depth_baseline"]["abs_rel"] for r in rows if r.get("depth_baseline")]
+        fmt = lambda ms, d=3: f"{ms[0]:.{d}f}" + ("" if math.isnan(ms[1]) else f" ± {ms[1]:.{d}f}")  # noqa: E731
+        lines.append(f"| {NAMES[s]} | {fmt(absrel)} | {fmt(rmse, 1)} | {fmt(d1)} | "
+                     f"{(sum(base) / len(base)):.3f} | {100 * sum(gains) / len(gains):.0f} % |" if base else
+                     f"| {NAMES[s]} | {fmt(absrel)} | {fmt(rmse, 1)} | {fmt(d1)} | – | – |")
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--title", default="mIoU (%) on the target val, mean ± std over seeds")
+    args = parser.parse_args()
+    results = json.loads(args.results.read_text())
+    print("\n".join(tables(results, args.title) + depth_table(results)))
+
+
+if __name__ == "__main__":
+    main()
