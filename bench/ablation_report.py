@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--title", default="mIoU (%) on the target val, mean ± std over seeds")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
+    # `make ablation` labels best-on-val summaries "<setting> (best on val)"
+    results["settings"] = {k.replace(" (best on val)", ""): v for k, v in results["settings"].items()}
     print("\n".join(tables(results, args.title) + depth_table(results)))
 
 
