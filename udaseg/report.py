@@ -88,6 +88,17 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def json_safe(value):
+    """JSON has no NaN or infinity: absent IoUs (and the like) become null, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from udaseg.data.pngio import atomic_write_bytes
 from udaseg.errors import UdasegError
-from udaseg.report import TITLES, md_row
+from udaseg.report import TITLES, json_safe, md_row
 
 # `<name>_seed3`, `<name>-seed3`, `<name>.seed3`, `<name>_s3` are seeds of `<name>`
 SEED_SUFFIX = re.compile(r"[-_.](?:seed|s)[-_]?\d+$", re.IGNORECASE)
@@ -188,17 +188,7 @@ def results_dict(summaries: Sequence[dict]) -> dict:
                      "iou": {c: [float(m), float(sd)] for c, m, sd in zip(comparison.classes, row.iou_mean, row.iou_std)},
                      "depth": depth_mean or None},
         }
-    return _json_safe(out)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+    return json_safe(out)
 
 
 def run_compare(paths: Sequence[Path], out: Path | None = None, json_out: Path | None = None) -> Comparison:

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Subset
@@ -27,6 +26,7 @@ from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.metrics import iou_from_confusion, mean_iou, miou_star, pixel_accuracy
 # re-exported for callers of this module (bench/eval.py)
+from udaseg.report import json_safe
 from udaseg.scoring import (EvalData, EvalOutcome, FigureSample, collate, eval_data, eval_loader,  # noqa: F401
                             figure_indices, run_evaluation)
 
@@ -73,17 +73,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: absent IoUs (and the like) become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def build_summary(config: Config, protocol: Protocol, data: EvalData, outcome: EvalOutcome, checkpoint: Path,
                   checkpoint_info: dict, device: torch.device, label: str | None = None,
                   name: str | None = None) -> dict:
@@ -117,7 +106,7 @@ def build_summary(config: Config, protocol: Protocol, data: EvalData, outcome: E
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
     }
-    return _finite(summary)
+    return json_safe(summary)
 
 
 def source_median_invdepth(config: Config, checkpoint: Path) -> float | None:
