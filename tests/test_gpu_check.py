@@ -89,7 +89,7 @@ def test_cpu_mode_markdown(cpu_run):
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_make_target_needs_no_install():
     """`make gpu-check PYTHON_GPU=python3` runs the script with that interpreter, nothing else."""
-    lines = subprocess.run(["make", "-n", "gpu-check", "PYTHON_GPU=python3", "GPU_REPORT_DIR=/tmp/x"], cwd=ROOT,
+    lines = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", "PYTHON_GPU=python3", "GPU_REPORT_DIR=/tmp/x"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.strip().splitlines()
     assert lines == ["GPU_REPORT_DIR=/tmp/x python3 bench/gpu_check.py"]
     helps = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
