@@ -59,3 +59,21 @@ def write_cityscapes(root: Path, split: str, n: int = 2, size=(32, 16), seed: in
         else:
             truth[stem] = (ids, None)
     return truth
+
+
+def interrupt_after(monkeypatch, step_class, iteration: int):
+    """Make `step_class` send Ctrl-C (SIGINT) to this process at the end of step `iteration`;
+    returns a function that restores the real step."""
+    import os
+    import signal
+
+    real = step_class.__call__
+
+    def step_then_ctrl_c(self, it):
+        out = real(self, it)
+        if it == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(step_class, "__call__", step_then_ctrl_c)
+    return lambda: monkeypatch.setattr(step_class, "__call__", real)

@@ -12,9 +12,7 @@ import dataclasses
 import json
 import math
 import tomllib
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ from typer.testing import CliRunner
 import udaseg.pipeline.self_train as stage2
 import udaseg.pipeline.train as stage1
 import udaseg.scoring as scoring
-from fakedata import write_cityscapes, write_synthia
+from fakedata import interrupt_after, write_cityscapes, write_synthia
 from udaseg.checkpoint import load_checkpoint, pick_checkpoint
 from udaseg.cli import app
 from udaseg.config import ConfigError, load_config, to_toml
@@ -418,18 +416,10 @@ def test_best_on_val_selection_resumes_exactly(data, gmm_file, tmp_path, monkeyp
     cfg = config(train__iterations=6)
     a, b = fresh(tmp_path / "a", gmm_file), fresh(tmp_path / "b", gmm_file)
     train(cfg, data, a)
-    real_step = stage1.Stage1Step.__call__
-
-    def step_then_ctrl_c(self, iteration):
-        out = real_step(self, iteration)
-        if iteration == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(stage1.Stage1Step, "__call__", step_then_ctrl_c)
+    restore_step = interrupt_after(monkeypatch, stage1.Stage1Step, 2)
     with pytest.raises(KeyboardInterrupt, match="iteration 3"):
         train(cfg, data, b)
-    monkeypatch.setattr(stage1.Stage1Step, "__call__", real_step)
+    restore_step()
     assert load_checkpoint(b / "t/train/checkpoint_latest.pt")["loop"] == {"best_score": 0.5, "best_iteration": 2}
     train(cfg, data, b, resume=True)
     assert len(calls) == 6 and all(0 <= c <= 1 for c in calls)

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 import udaseg.pipeline.train as stage1
-from fakedata import write_cityscapes, write_synthia
+from fakedata import interrupt_after, write_cityscapes, write_synthia
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.pngio import write_png
@@ -238,18 +237,10 @@ def test_interrupted_and_continued_run_is_bit_identical(data, tmp_path, gmm_file
     train(cfg, data, straight)
 
     # Ctrl-C during iteration 2: the loop finishes it, saves, then raises KeyboardInterrupt
-    real_step = stage1.Stage1Step.__call__
-
-    def step_then_ctrl_c(self, iteration):
-        out = real_step(self, iteration)
-        if iteration == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(stage1.Stage1Step, "__call__", step_then_ctrl_c)
+    restore_step = interrupt_after(monkeypatch, stage1.Stage1Step, 1)
     with pytest.raises(KeyboardInterrupt, match="iteration 2"):
         train(cfg, data, interrupted)
-    monkeypatch.setattr(stage1.Stage1Step, "__call__", real_step)
+    restore_step()
     out = train_dir(interrupted)
     assert load_checkpoint(out / CHECKPOINT_LATEST)["iteration"] == 2
     assert not (out / CHECKPOINT_FINAL).exists()
