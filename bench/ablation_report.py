@@ -1,8 +1,9 @@
 """The markdown tables of RESULTS.md, from the machine-readable ablation file `make ablation` writes.
 
-    .venv/bin/python bench/ablation_report.py results/ablation_demo.json [--final results/ablation_demo_final.json]
+    .venv/bin/python bench/ablation_report.py results/ablation_demo.json
 
-Prints: paper Tables 1 + 3 on the built-in benchmark (mean ± std of mIoU and per-class IoU per
+The file holds each setting twice, as `make ablation` scores it: its final checkpoint ("m2") and its
+best on the target val ("m2 (best on val)"); each gets its own tables, final first. Prints: paper Tables 1 + 3 on the built-in benchmark (mean ± std of mIoU and per-class IoU per
 setting), the depth metrics per setting beside the constant baseline, the per-seed mIoU, the
 orderings the paper claims (M1 < M2, M3 ≤ M4) seed by seed, and the gap closure
 (M4 − source-only) / (oracle − source-only). Nothing here is tuned: it reads numbers.
@@ -88,9 +89,9 @@ def orderings(settings: dict) -> list[str]:
     return out
 
 
-def depth_table(results: dict) -> list[str]:
+def depth_table(results: dict, title: str) -> list[str]:
     settings = results["settings"]
-    lines = ["### Depth on the target val (metres), mean over seeds", "",
+    lines = [f"### Depth on the target val (metres), {title}, mean ± std over seeds", "",
              "| setting | AbsRel | RMSE | δ<1.25 | constant baseline AbsRel | AbsRel below the constant |",
              "|---|---:|---:|---:|---:|---:|"]
     for s in ORDER:
@@ -111,15 +112,24 @@ def depth_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+BEST = " (best on val)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
-    parser.add_argument("--title", default="mIoU (%) on the target val, mean ± std over seeds")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
-    # `make ablation` labels best-on-val summaries "<setting> (best on val)"
-    results["settings"] = {k.replace(" (best on val)", ""): v for k, v in results["settings"].items()}
-    print("\n".join(tables(results, args.title) + depth_table(results)))
+    final = {k: v for k, v in results["settings"].items() if not k.endswith(BEST)}
+    best = {k[: -len(BEST)]: v for k, v in results["settings"].items() if k.endswith(BEST)}
+    lines: list[str] = []
+    for title, settings in (("final checkpoints", final), ("best-on-val checkpoints (model selection on the target val)", best)):
+        if settings:
+            part = {**results, "settings": settings}
+            n = max(v["n"] for v in settings.values())
+            lines += tables(part, f"{title}, mIoU (%) on the target val, mean ± std over {n} seeds")
+            lines += depth_table(part, title)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

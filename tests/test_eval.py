@@ -358,3 +358,44 @@ def test_compare_writes_setting_seed_results_json(tmp_path):
     assert mean == pytest.approx(mious.mean()) and std == pytest.approx(mious.std(ddof=1))
     assert m2["mean"]["iou"]["road"][0] == pytest.approx(100 * ious[:2, 0].mean())
     assert r["settings"]["advent"]["seeds"]["0"]["miou"] == pytest.approx(np.mean(ious[2]))
+
+
+def test_compare_json_keeps_every_seed_when_evals_share_one_recipe_seed(tmp_path):
+    """`make ablation` evals every seed's run with the recipe's experiment.seed (0): the JSON must
+    take the seed from the checkpoint (or the name's suffix), not from the eval's recipe, and must
+    refuse two summaries of one setting that claim the same seed rather than keep one of them."""
+    rng = np.random.default_rng(2)
+    ious = rng.uniform(0.1, 0.9, (4, 16))
+    files = []
+    for i in range(3):
+        path = _summary(tmp_path / f"m2_s{i}" / "summary.json", f"m2_s{i}", ious[i])
+        data = json.loads(path.read_text())
+        data["config"] = {"experiment": {"seed": 0}}
+        if i == 2:  # a newer summary: the checkpoint names its training seed, whatever the name says
+            data["experiment"], data["checkpoint"] = "m2_final", {"seed": 2, "kind": "final"}
+            data["label"] = "m2"
+        path.write_text(json.dumps(data))
+        files.append(path)
+    out = tmp_path / "results.json"
+    result = runner.invoke(app, ["compare", *map(str, files), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    m2 = json.loads(out.read_text())["settings"]["m2"]
+    assert m2["n"] == 3 and sorted(m2["seeds"]) == ["0", "1", "2"]
+    for i in range(3):
+        assert m2["seeds"][str(i)]["miou"] == pytest.approx(np.mean(ious[i]))
+
+    dup = _summary(tmp_path / "again" / "summary.json", "m2_seed1", ious[3])
+    table, out2 = tmp_path / "t.md", tmp_path / "r2.json"
+    result = runner.invoke(app, ["compare", *map(str, files), str(dup), "--out", str(table), "--json", str(out2)])
+    assert result.exit_code != 0
+    assert "both seed 1 of 'm2'" in result.output and str(dup) in result.output
+    assert not table.exists() and not out2.exists()  # refused before writing anything
+
+
+def test_checkpoint_knows_its_training_seed():
+    from udaseg.checkpoint import training_seed
+    from udaseg.config import Config, to_toml
+
+    config = Config().with_overrides({"experiment.seed": 7})
+    assert training_seed({"config_toml": to_toml(config)}) == 7
+    assert training_seed({"config_toml": "not = [toml"}) is None and training_seed({}) is None

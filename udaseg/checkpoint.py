@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 
 import torch
@@ -94,9 +95,19 @@ def check_compatible(state: dict, config: Config, path: Path) -> None:
                           f"{want['protocol']!r}; use the recipe it was trained with")
 
 
+def training_seed(state: dict) -> int | None:
+    """experiment.seed of the run that wrote the checkpoint (its recipe travels as config_toml):
+    an eval's own recipe does not know it, and compare needs it to tell seeds apart."""
+    try:
+        seed = tomllib.loads(state.get("config_toml") or "").get("experiment", {}).get("seed")
+    except tomllib.TOMLDecodeError:
+        return None
+    return seed if isinstance(seed, int) else None
+
+
 def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[nn.Module, dict]:
     """The checkpoint's network in eval mode on `device`, checked against the recipe; plus its
-    identity (stage, iteration, protocol, backbone, num_classes) for reports."""
+    identity (stage, iteration, protocol, backbone, num_classes, training seed) for reports."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     check_compatible(state, config, Path(checkpoint))
     model = model_from_config(config.model, state["num_classes"])
@@ -104,6 +115,7 @@ def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[
     model = channels_last(model.to(device), device)
     info = {k: state.get(k) for k in ("stage", "iteration", "protocol", "backbone", "num_classes")}
     info["kind"] = checkpoint_kind(checkpoint)
+    info["seed"] = training_seed(state)
     if state.get("loop"):  # the target-val selection the loop recorded (train.eval_every)
         info["selection"] = dict(state["loop"])
     return model.eval(), info

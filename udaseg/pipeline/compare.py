@@ -140,12 +140,16 @@ def comparison_table(comp: Comparison):
 
 
 def seed_of(summary: dict) -> str:
-    """The run's seed: experiment.seed of its resolved recipe, else the digits of the name's seed suffix."""
-    seed = (summary.get("config") or {}).get("experiment", {}).get("seed")
+    """The scored run's seed: the one its checkpoint was trained with, else the digits of the name's
+    seed suffix, else experiment.seed of the eval's own recipe (which `udaseg eval` is rarely given)."""
+    seed = (summary.get("checkpoint") or {}).get("seed")
     if seed is not None:
         return str(seed)
     suffix = SEED_SUFFIX.search(str(summary.get("experiment", "")))
-    return re.sub(r"\D", "", suffix.group(0)) if suffix else "?"
+    if suffix:
+        return re.sub(r"\D", "", suffix.group(0))
+    seed = (summary.get("config") or {}).get("experiment", {}).get("seed")
+    return "?" if seed is None else str(seed)
 
 
 def checkpoint_kind(summary: dict) -> str:
@@ -167,9 +171,14 @@ def results_dict(summaries: Sequence[dict]) -> dict:
     out: dict = {"protocol": comparison.protocol, "classes": comparison.classes, "settings": {}}
     for row in comparison.rows:
         members = [s for s in summaries if group_key(s) == row.label]
-        seeds = {}
+        seeds: dict = {}
         for s in members:
-            seeds[seed_of(s)] = {
+            seed = seed_of(s)
+            if seed in seeds:
+                raise UdasegError(f"compare --json: {seeds[seed]['summary']} and {s.get('_path')} are both seed {seed} "
+                                  f"of '{row.label}'; give each seed's run its own name (e.g. {row.label}_s{seed}) "
+                                  "or its own --label")
+            seeds[seed] = {
                 "miou": s.get("miou"), "miou_star": s.get("miou_star"), "iou": s.get("iou"),
                 "depth": s.get("depth"), "depth_baseline": s.get("depth_baseline"),
                 "checkpoint": {"kind": checkpoint_kind(s), "stage": (s.get("checkpoint") or {}).get("stage"),
@@ -196,8 +205,9 @@ def run_compare(paths: Sequence[Path], out: Path | None = None, json_out: Path |
     results as JSON; returns the comparison."""
     summaries = [load_summary(p) for p in paths]
     comparison = compare(summaries)
+    results = results_dict(summaries) if json_out is not None else None  # may refuse: before writing anything
     if out is not None:
         atomic_write_bytes(out, comparison_markdown(comparison).encode())
     if json_out is not None:
-        atomic_write_bytes(json_out, (json.dumps(results_dict(summaries), indent=1) + "\n").encode())
+        atomic_write_bytes(json_out, (json.dumps(results, indent=1) + "\n").encode())
     return comparison
