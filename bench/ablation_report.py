@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/ablation_report.py results/ablation_demo.json
 
-The file holds each setting twice, as `make ablation` scores it: its final checkpoint ("m2") and its
-best on the target val ("m2 (best on val)"); each gets its own tables, final first. Prints: paper Tables 1 + 3 on the built-in benchmark (mean ± std of mIoU and per-class IoU per
+The file holds each setting twice, as `make ablation` scores it: its final checkpoint ("m2") and
+its best on the target val ("m2 (best on val)"); each gets its own tables, final first. Prints:
+paper Tables 1 + 3 on the built-in benchmark (mean ± std of mIoU and per-class IoU per
 setting), the depth metrics per setting beside the constant baseline, the per-seed mIoU, the
 orderings the paper claims (M1 < M2, M3 ≤ M4) seed by seed, and the gap closure
 (M4 − source-only) / (oracle − source-only). Nothing here is tuned: it reads numbers.
@@ -123,7 +124,8 @@ def main() -> None:
     final = {k: v for k, v in results["settings"].items() if not k.endswith(BEST)}
     best = {k[: -len(BEST)]: v for k, v in results["settings"].items() if k.endswith(BEST)}
     lines: list[str] = []
-    for title, settings in (("final checkpoints", final), ("best-on-val checkpoints (model selection on the target val)", best)):
+    parts = (("final checkpoints", final), ("best-on-val checkpoints (model selection on the target val)", best))
+    for title, settings in parts:
         if settings:
             part = {**results, "settings": settings}
             n = max(v["n"] for v in settings.values())
