@@ -48,12 +48,7 @@ PAPER = ["synthia2cityscapes16", "synthia2cityscapes16_low", "synthia2cityscapes
          "synthia2mapillary7", "synthia2mapillary7_low"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 # ----------------------------------------------------------------------------- 1. the recipes

@@ -68,12 +68,7 @@ runner = CliRunner()
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def write_block_synthia(root: Path, n: int, size=SIZE, seed: int = 0) -> None:
