@@ -108,7 +108,7 @@ syn2map7:  ## SYNTHIA -> Mapillary Vistas 7 classes
 syn2map7-low:  ## the same at 640x320
 
 # ---- paper Tables 1 + 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" ------
-# source_only / advent / dada / m1 / m2 / oracle are train runs; m3 and m4 self-train from m2's checkpoint
+# source_only / advent / dada / m1 / m2 / m2_entropy / oracle are train runs; m3 and m4 self-train from m2's checkpoint
 # on pseudo-labels without / with the spatial prior. One gmm.h5 serves every run.
 # RECIPE=demo16 runs the same table with the 16-class recipe.
 RECIPE   ?= demo
@@ -140,11 +140,11 @@ $(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/self_train/checkpoint_fin
 	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
 
-ABL_STAGE1 := source_only advent dada m1 m2 oracle
+ABL_STAGE1 := source_only advent dada m1 m2 m2_entropy oracle
 $(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1),$(eval $(call ABLATION_STAGE1,$(x),$(s)))))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m3,$(s),--no-refine)))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
-ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only advent dada m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
+ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1) m3 m4,$(ABL)/$(x)_s$(s)/eval/summary.json))
 ABL_RESULTS   ?= results/ablation_$(RECIPE).json
 # each run is scored twice: its final checkpoint (eval/) and its best on the target val (eval/best/, train.eval_every):
 # the table has both rows; best-on-val is model selection on target labels, final the clean number
