@@ -160,7 +160,7 @@ ablation: $(ABL_SUMMARIES)  ## paper Tables 1 + 3 on the synthetic benchmark, me
 # results in results/selection_$(RECIPE).json. Never run these on the confirmation seeds.
 SEL      := $(RUNS)/selection/$(RECIPE)
 SEL_ARGS := --config stages/$(RECIPE).toml --data-root $(DATA) --runs-root $(SEL)
-SEL_ARMS ?= m2_live m2_detached m2_auxlr1 m2_nodecay m2_entropy dada_unit
+SEL_ARMS ?= m1 m2_live m2_detached m2_auxlr1 m2_nodecay m2_entropy dada_live dada_unit
 ARM_m2_live     := --ablation m2 --set train.adv_factor_grad=live
 ARM_m2_detached := --ablation m2 --set train.adv_factor_grad=detached
 ARM_m2_auxlr1   := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_lr_mult=1.0
@@ -180,7 +180,7 @@ $(SEL)/$(1)_s$(2)/eval/summary.json: $(SEL)/shared/gmm/gmm.h5
 	$(UDASEG) train $(SEL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) $(ARM_$(1))
 	$(UDASEG) eval $(SEL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
-$(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS) m1,$(eval $(call SELECTION_ARM,$(a),$(s)))))
+$(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS),$(eval $(call SELECTION_ARM,$(a),$(s)))))
 SEL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS),$(SEL)/$(a)_s$(s)/eval/summary.json))
 
 selection: $(SEL_SUMMARIES)  ## the density-collapse selection arms (stage 1) over SEEDS (make -j2; RESULTS.md)

@@ -20,7 +20,7 @@ from pathlib import Path
 from udaseg.collapse import collapse_summary
 
 CANDIDATES = ("m2_live", "m2_auxlr1", "m2_nodecay", "m2_detached")  # nearest the release first (the tie rule)
-ARMS = (*CANDIDATES, "m2_entropy", "dada_unit")
+ARMS = (*CANDIDATES, "m2_entropy", "dada_live", "dada_unit")
 TIE = 0.3  # mIoU points
 
 
@@ -57,10 +57,14 @@ def main() -> None:
 
     out = ["| arm | " + " | ".join(f"seed {k}: mIoU (− M1)" for k in seeds) + " | mean − M1 | density collapsed |",
            "|---|" + "---:|" * len(seeds) + "---:|---|"]
-    m1 = {k: miou(ref, "m1", k) for k in seeds}
-    out.append("| M1 (reference file) | " + " | ".join(f"{m1[k]:.1f}" for k in seeds) + " | – | – |")
-    dada_ref = {k: miou(ref, "dada", k) for k in seeds}
-    out.append("| dada, raw depth in F̂ (reference file) | " + " | ".join(f"{dada_ref[k]:.1f}" for k in seeds) + " | – | – |")
+    # M1 and raw dada re-run in the selection when the L arm did not reproduce the reference file's M2
+    m1_src, m1_name = (sel, "M1 (re-run)") if "m1" in sel["settings"] else (ref, "M1 (reference file)")
+    m1 = {k: miou(m1_src, "m1", k) for k in seeds}
+    out.append(f"| {m1_name} | " + " | ".join(f"{m1[k]:.1f}" for k in seeds) + " | – | – |")
+    out.append("| M2 in the reference file | " + " | ".join(f"{miou(ref, 'm2', k):.1f}" for k in seeds) + " | – | – |")
+    if "dada_live" not in sel["settings"]:
+        out.append("| dada, raw depth in F̂ (reference file) | " + " | ".join(f"{miou(ref, 'dada', k):.1f}" for k in seeds)
+                   + " | – | – |")
     paired: dict[str, float] = {}
     collapsed: dict[str, int] = {}
     for a in arms:
@@ -91,9 +95,9 @@ def main() -> None:
     chosen = min(near, key=CANDIDATES.index)
     out.append(f"Highest mean paired difference: {best} ({paired[best]:+.2f}); within {TIE} of it: {', '.join(near)}; "
                f"by the rule the demo's m2 becomes **{chosen}**" + ("" if alive else " (no arm survived without collapse)") + ".")
-    if "dada_unit" in collapsed:
-        out.append(f"dada_unit: depth head collapsed in {collapsed['dada_unit']} of {len(seeds)} seeds "
-                   f"(mean − M1 {paired['dada_unit']:+.2f}).")
+    for arm in ("dada_live", "dada_unit"):
+        if arm in collapsed:
+            out.append(f"{arm}: depth head collapsed in {collapsed[arm]} of {len(seeds)} seeds (mean − M1 {paired[arm]:+.2f}).")
     print("\n".join(out))
 
 

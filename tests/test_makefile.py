@@ -56,7 +56,8 @@ def test_selection_runs_each_arm_with_its_switch_and_only_the_final_checkpoint()
     arms = {"m2_live": "--ablation m2 --set train.adv_factor_grad=live",
             "m2_detached": "--ablation m2 --set train.adv_factor_grad=detached",
             "m2_auxlr1": "--set train.aux_head_lr_mult=1.0", "m2_nodecay": "--set train.aux_head_decay_mult=0.0",
-            "m2_entropy": "--ablation m2_entropy", "dada_unit": "--ablation dada --set train.adv_depth=unit"}
+            "m2_entropy": "--ablation m2_entropy", "dada_unit": "--ablation dada --set train.adv_depth=unit",
+            "dada_live": "--ablation dada --set train.adv_depth=raw", "m1": "--ablation m1"}
     for seed in (0, 1):
         for arm, switch in arms.items():
             train = [l for l in lines if "udaseg train " in l and f"experiment.name={arm}_s{seed} " in l]
@@ -64,5 +65,5 @@ def test_selection_runs_each_arm_with_its_switch_and_only_the_final_checkpoint()
             assert any("udaseg eval " in l and f"experiment.name={arm}_s{seed} " in l and "--checkpoint final" in l
                        for l in lines)
     compare = [l for l in lines if "udaseg compare " in l]
-    assert len(compare) == 1 and compare[0].count("summary.json") == 12 and "/best/" not in compare[0]
+    assert len(compare) == 1 and compare[0].count("summary.json") == 16 and "/best/" not in compare[0]
     assert compare[0].endswith(f"--out {runs}/table.md --json results/selection_demo.json")
