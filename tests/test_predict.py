@@ -106,7 +106,8 @@ def test_folder_of_mixed_sizes_with_corrupt_files_and_resume(ckpt, images, tmp_p
         expect = np.round(image.permute(1, 2, 0).numpy() * 0.5 + palette[got] * 0.5)
         assert np.abs(blend - expect).max() <= 1
     record = json.loads((out / "predict.json").read_text())
-    assert record["written"] == 5 and len(record["failed"]) == 2 and record["classes"][0] == "road"
+    assert record["last_call"]["written"] == 5 and len(record["last_call"]["failed"]) == 2
+    assert record["classes"][0] == "road"
     assert not (out / "labels" / "b" / "corrupt.png").exists()
 
     # resume: nothing is redone, files untouched; a missing output is redone alone
