@@ -158,3 +158,23 @@ def test_a_missing_gpu_is_a_one_line_error(ckpt, folder, tmp_path):
                                  str(tmp_path / "o"), "--device", "cuda:0"])
     assert result.exit_code == 1 and "device 'cuda:0': no such CUDA GPU" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_readme_snippet_runs_as_written(ckpt, folder, tmp_path, monkeypatch):
+    """The README's Python API block, with only its checkpoint path replaced, in a folder holding
+    the two images it names."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Python API: `Segmenter`"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+    assert "runs/demo/self_train/checkpoint_final.pt" in code
+    Image.fromarray(arrays(folder)[0]).save(tmp_path / "photo.jpg", quality=95)
+    Image.fromarray(arrays(folder)[3]).save(tmp_path / "street.png")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(code.replace("runs/demo/self_train/checkpoint_final.pt", str(ckpt)), scope)
+    h, w = arrays(folder)[0].shape[:2]
+    assert scope["pred"].labels.shape == (h, w) and len(scope["preds"]) == 2
+    assert scope["colour"].shape == (*arrays(folder)[3].shape[:2], 3)
+    np.testing.assert_array_equal(scope["preds"][0].labels, scope["pred"].labels)
