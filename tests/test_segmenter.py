@@ -84,8 +84,14 @@ def test_numpy_pil_tensor_and_path_inputs_agree_and_any_batch_works(ckpt, folder
         assert isinstance(single, Prediction)
         assert (single.labels == batched.labels).mean() > 0.999
         np.testing.assert_allclose(single.confidence, batched.confidence, atol=1e-5)
+    stacked = seg(torch.stack([by_tensor_input(images[2]), by_tensor_input(images[2])]))  # [B, 3, H, W]: a batch
+    assert len(stacked) == 2 and all((p.labels == by_numpy[2].labels).mean() > 0.999 for p in stacked)
     grey = seg(images[0][:, :, 0])  # HxW grey: the channel repeated
     np.testing.assert_array_equal(grey.labels, seg(np.repeat(images[0][:, :, :1], 3, axis=2)).labels)
+
+
+def by_tensor_input(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous()
 
 
 def test_values_match_the_network_run_directly(ckpt, folder):
