@@ -143,6 +143,7 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
     depth metrics of that constant everywhere are scored beside the head's, so a reader sees at
     once whether the depth head learned anything."""
     model.eval()
+    depth = depth and "depth" in getattr(model, "heads", ("depth",))  # ADVENT's network has no depth head
     c = num_classes
     cm = torch.zeros(c * c, dtype=torch.int64, device=device)
     depth_sum = torch.zeros(len(DEPTH_METRICS), dtype=torch.float64, device=device)

@@ -344,6 +344,8 @@ def run_predict(config: Config, checkpoint: Path, inputs: list[str], out: Path, 
         except ImportError:
             raise UdasegError("--video-out needs PyAV: pip install 'udaseg[video]'") from None
     model, info = load_model(checkpoint, config, dev)
+    if options.depth and "depth" not in model.heads:
+        raise UdasegError(f"{checkpoint}: its {info['architecture']} network has no depth head; drop --depth")
     heads = ("seg", "depth") if options.depth else ("seg",)
 
     stills = [i for i in items if not i.video]
