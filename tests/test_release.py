@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from udaseg.checkpoint import load_checkpoint, load_model
@@ -31,147 +30,13 @@ from udaseg.grid import output_grid
 from udaseg.release import FORMATS, import_release, map_release_state
 from udaseg.model import model_from_config
 
+from release_files import (disc_state, ref_aspp, ref_bottleneck, ref_disc, ref_forward, ref_trunk, rel_err,
+                           release_state)
+
 STAGES = Path(__file__).resolve().parent.parent / "stages"
 CITY16 = STAGES / "synthia2cityscapes16.toml"
 CITY7 = STAGES / "synthia2cityscapes7.toml"
-BLOCKS = (("layer1", 64, 3, 1, 1), ("layer2", 128, 4, 2, 1), ("layer3", 256, 23, 1, 2), ("layer4", 512, 3, 1, 4))
-RATES = (6, 12, 18, 24)
 runner = CliRunner()
-
-
-# ---------------------------------------------------------------- the releases' state dicts, from their facts
-
-
-def _conv(gen, cout, cin, k, bias=False, gain=1.0):
-    w = torch.randn(cout, cin, k, k, generator=gen) * (gain * (2.0 / (cin * k * k)) ** 0.5)
-    return (w, torch.randn(cout, generator=gen) * 0.1) if bias else (w,)
-
-
-def _bn(gen, prefix, n, sd, damp=1.0):
-    sd[f"{prefix}.weight"] = (0.5 + torch.rand(n, generator=gen)) * damp
-    sd[f"{prefix}.bias"] = torch.randn(n, generator=gen) * 0.1
-    sd[f"{prefix}.running_mean"] = torch.randn(n, generator=gen) * 0.2
-    sd[f"{prefix}.running_var"] = 0.5 + torch.rand(n, generator=gen)
-    sd[f"{prefix}.num_batches_tracked"] = torch.tensor(12345)
-
-
-def resnet101_state(gen) -> dict:
-    sd = {"conv1.weight": _conv(gen, 64, 3, 7)[0]}
-    _bn(gen, "bn1", 64, sd)
-    inplanes = 64
-    for name, planes, blocks, stride, _ in BLOCKS:
-        for i in range(blocks):
-            p = f"{name}.{i}"
-            sd[f"{p}.conv1.weight"] = _conv(gen, planes, inplanes, 1)[0]
-            _bn(gen, f"{p}.bn1", planes, sd)
-            sd[f"{p}.conv2.weight"] = _conv(gen, planes, planes, 3)[0]
-            _bn(gen, f"{p}.bn2", planes, sd)
-            sd[f"{p}.conv3.weight"] = _conv(gen, planes * 4, planes, 1)[0]
-            _bn(gen, f"{p}.bn3", planes * 4, sd, damp=0.3)  # damped residual branches keep 33 blocks finite
-            if i == 0:
-                sd[f"{p}.downsample.0.weight"] = _conv(gen, planes * 4, inplanes, 1)[0]
-                _bn(gen, f"{p}.downsample.1", planes * 4, sd)
-            inplanes = planes * 4
-    return sd
-
-
-def _aspp(gen, prefix, classes, cin, sd):
-    for i in range(4):
-        sd[f"{prefix}.conv2d_list.{i}.weight"], sd[f"{prefix}.conv2d_list.{i}.bias"] = _conv(gen, classes, cin, 3, True, 0.3)
-
-
-def _enc(gen, prefix, sd):
-    for j, (cout, cin, k) in enumerate(((512, 2048, 1), (512, 512, 3), (128, 512, 1)), 1):
-        sd[f"{prefix}_{j}.weight"], sd[f"{prefix}_{j}.bias"] = _conv(gen, cout, cin, k, True)
-
-
-def release_state(fmt: str, classes: int, seed: int = 0, multi_level: bool = True) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    sd = resnet101_state(gen)
-    _aspp(gen, "layer6", classes, 2048, sd)
-    if fmt == "depth_distribution":
-        _enc(gen, "enc4", sd)
-        sd["enc4_4.weight"], sd["enc4_4.bias"] = _conv(gen, 16, 128, 1, True)
-        sd["dec4.weight"], sd["dec4.bias"] = _conv(gen, 2048, 128, 1, True)
-        _enc(gen, "enc5", sd)
-    elif fmt == "dada":
-        _enc(gen, "enc4", sd)
-        sd["dec4.weight"], sd["dec4.bias"] = _conv(gen, 2048, 128, 1, True, 0.5)
-    elif multi_level:  # advent
-        _aspp(gen, "layer5", classes, 1024, sd)
-    return sd
-
-
-def disc_state(classes: int, seed: int = 1) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    sd, widths = {}, (classes, 64, 128, 256, 512, 1)
-    for j, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        sd[f"{2 * j}.weight"], sd[f"{2 * j}.bias"] = _conv(gen, cout, cin, 4, True)
-    return sd
-
-
-# ---------------------------------------------------------------- their forward passes, from the raw tensors
-
-
-def _bn_f(x, sd, p):
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-                        training=False, eps=1e-5)
-
-
-def ref_bottleneck(x, sd, p, stride, dilation, project):
-    out = F.relu(_bn_f(F.conv2d(x, sd[f"{p}.conv1.weight"], stride=stride), sd, f"{p}.bn1"))
-    out = F.relu(_bn_f(F.conv2d(out, sd[f"{p}.conv2.weight"], padding=dilation, dilation=dilation), sd, f"{p}.bn2"))
-    out = _bn_f(F.conv2d(out, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
-    short = _bn_f(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride), sd, f"{p}.downsample.1") if project else x
-    return F.relu(out + short)
-
-
-def ref_trunk(x, sd):
-    """(layer3, layer4) features of DeepLab-v2's caffe ResNet-101."""
-    x = F.relu(_bn_f(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), sd, "bn1"))
-    x = F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
-    feats = {}
-    for name, _, blocks, stride, dilation in BLOCKS:
-        for i in range(blocks):
-            x = ref_bottleneck(x, sd, f"{name}.{i}", stride if i == 0 else 1, dilation, i == 0)
-        feats[name] = x
-    return feats["layer3"], feats["layer4"]
-
-
-def ref_aspp(x, sd, p):
-    return sum(F.conv2d(x, sd[f"{p}.conv2d_list.{i}.weight"], sd[f"{p}.conv2d_list.{i}.bias"], padding=r, dilation=r)
-               for i, r in enumerate(RATES))
-
-
-def ref_code(x, sd, p):
-    x = F.relu(F.conv2d(x, sd[f"{p}_1.weight"], sd[f"{p}_1.bias"]))
-    x = F.relu(F.conv2d(x, sd[f"{p}_2.weight"], sd[f"{p}_2.bias"], padding=1))
-    return F.conv2d(x, sd[f"{p}_3.weight"], sd[f"{p}_3.bias"])
-
-
-def ref_forward(fmt, sd, x) -> dict:
-    c3, c4 = ref_trunk(x, sd)
-    if fmt == "depth_distribution":
-        return {"seg": ref_aspp(c4, sd, "layer6"), "density": ref_code(c4, sd, "enc4").mean(1, keepdim=True),
-                "depth": ref_code(c4, sd, "enc5").mean(1, keepdim=True)}
-    if fmt == "dada":
-        code = ref_code(c4, sd, "enc4")
-        fused = c4 * F.relu(F.conv2d(code, sd["dec4.weight"], sd["dec4.bias"]))
-        return {"seg": ref_aspp(fused, sd, "layer6"), "depth": code.mean(1, keepdim=True)}
-    return {"seg": ref_aspp(c4, sd, "layer6"), "aux": ref_aspp(c3, sd, "layer5")}
-
-
-def ref_disc(x, sd):
-    for j in range(5):
-        x = F.conv2d(x, sd[f"{2 * j}.weight"], sd[f"{2 * j}.bias"], stride=2, padding=1)
-        if j < 4:
-            x = F.leaky_relu(x, 0.2)
-    return x
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
 
 # ---------------------------------------------------------------- fixtures
 
@@ -183,17 +48,21 @@ def city16():
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
-    """Per format: (state dict, its file written as the release wrote it)."""
+    """format -> (state dict, its file written as the release wrote it), built on first use."""
     root = tmp_path_factory.mktemp("releases")
-    files = {}
-    for fmt in FORMATS:
-        sd = release_state(fmt, 16, seed=len(fmt))
-        path = root / f"{fmt}.pth"
-        # the authors' training saves {'model': ..., 'optimizer': ...}; ADVENT / DADA a bare state dict
-        torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 2.5e-4}]}}
-                   if fmt == "depth_distribution" else sd, path)
-        files[fmt] = (sd, path)
-    return files
+    cache: dict = {}
+
+    def get(fmt: str):
+        if fmt not in cache:
+            sd = release_state(fmt, 16, seed=len(fmt))
+            path = root / f"{fmt}.pth"
+            # the authors' training saves {'model': ..., 'optimizer': ...}; ADVENT / DADA a bare state dict
+            torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 2.5e-4}]}}
+                       if fmt == "depth_distribution" else sd, path)
+            cache[fmt] = (sd, path)
+        return cache[fmt]
+
+    return get
 
 
 IMAGE = torch.Generator().manual_seed(7)
@@ -205,7 +74,7 @@ X = torch.randn(2, 3, 41, 57, generator=IMAGE) * 50  # caffe-normalised scale, a
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_imported_network_reproduces_the_release_forward(fmt, released, city16, tmp_path):
-    sd, path = released[fmt]
+    sd, path = released(fmt)
     out = tmp_path / "imported.pt"
     result = import_release(path, fmt, city16, out)
     state = load_checkpoint(out)
@@ -227,7 +96,7 @@ def test_imported_network_reproduces_the_release_forward(fmt, released, city16, 
 
 
 def test_one_bottleneck_and_the_trunk_match_the_release_blocks(released, city16, tmp_path):
-    sd, path = released["depth_distribution"]
+    sd, path = released("depth_distribution")
     import_release(path, "depth_distribution", city16, tmp_path / "m.pt")
     model, _ = load_model(tmp_path / "m.pt", city16, torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
@@ -249,13 +118,13 @@ def test_discriminators_are_imported_for_continued_adversarial_training(released
     torch.save({"model": d_main, "optimizer": {"state": {}, "param_groups": []}}, main_file)
     torch.save(d_aux, aux_file)
     x = torch.rand(1, 16, 64, 96, generator=torch.Generator().manual_seed(5))
-    _, path = released["depth_distribution"]
+    _, path = released("depth_distribution")
     import_release(path, "depth_distribution", city16, tmp_path / "dd.pt", discriminator=main_file)
     disc = Discriminator(16)
     disc.load_state_dict(load_checkpoint(tmp_path / "dd.pt")["disc"])
     with torch.no_grad():
         assert rel_err(disc(x), ref_disc(x, d_main)) < 1e-5
-    _, path = released["advent"]
+    _, path = released("advent")
     result = import_release(path, "advent", city16, tmp_path / "ad.pt", discriminator=main_file, discriminator_aux=aux_file)
     assert result.discriminator == ["main", "aux"] and result.ablation == "advent"
     pair = AdventDiscriminators(16)
@@ -287,12 +156,12 @@ def _refusal(fmt, sd, config, path="release.pth"):
 
 
 def test_refuses_missing_extra_and_misplaced_keys_naming_them(released, city16):
-    sd, _ = released["depth_distribution"]
+    sd, _ = released("depth_distribution")
     missing = {k: v for k, v in sd.items() if k != "layer3.17.bn2.running_var"}
     assert "no key 'layer3.17.bn2.running_var'" in _refusal("depth_distribution", missing, city16)
     extra = {**sd, "enc6_1.weight": torch.zeros(1)}
     assert "key 'enc6_1.weight' has no place" in _refusal("depth_distribution", extra, city16)
-    dada_sd, _ = released["dada"]
+    dada_sd, _ = released("dada")
     msg = _refusal("depth_distribution", dada_sd, city16)
     assert "pass --from dada" in msg
     assert "pass --from depth_distribution" in _refusal("advent", sd, city16)
@@ -303,7 +172,7 @@ def test_refuses_missing_extra_and_misplaced_keys_naming_them(released, city16):
 
 
 def test_refuses_a_class_count_or_width_the_recipe_does_not_have(released, city16):
-    sd, _ = released["depth_distribution"]
+    sd, _ = released("depth_distribution")
     city7 = load_config(CITY7)
     msg = _refusal("depth_distribution", sd, city7)
     assert "'layer6.conv2d_list.0.weight' has 16 classes" in msg and "synthia2cityscapes7 has 7" in msg
@@ -313,7 +182,7 @@ def test_refuses_a_class_count_or_width_the_recipe_does_not_have(released, city1
 
 
 def test_cli_refusals_are_one_line_and_write_nothing(released, tmp_path):
-    _, path = released["dada"]
+    _, path = released("dada")
     out = tmp_path / "never.pt"
     cases = [
         ([str(path), "--from", "dada", "--config", str(CITY7)], "has 16 classes"),
@@ -337,3 +206,65 @@ def test_cli_refusals_are_one_line_and_write_nothing(released, tmp_path):
         text = " ".join(result.output.split())
         assert expected in text, (expected, text)
         assert not out.exists() and not list(tmp_path.glob(".never.pt.*"))
+
+
+# ---------------------------------------------------------------- the evaluation each release ran
+
+
+@pytest.fixture(scope="module")
+def tiny_targets(tmp_path_factory):
+    from PIL import Image
+
+    from fakedata import write_cityscapes
+
+    root = tmp_path_factory.mktemp("targets")
+    write_cityscapes(root / "cityscapes", "val", 1, (128, 64))
+    (root / "mapillary/validation/images").mkdir(parents=True)
+    (root / "mapillary/validation/labels").mkdir(parents=True)
+    rng = __import__("numpy").random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype="uint8")).save(root / "mapillary/validation/images/a.jpg")
+    label = Image.fromarray(rng.choice([13, 27, 30, 55], (36, 48)).astype("uint8"), mode="P")
+    label.putpalette(list(range(256)) * 3)
+    label.save(root / "mapillary/validation/labels/a.png")
+    return root
+
+
+# recipe, overrides -> (input W×H, label W×H for a 128×64 Cityscapes / 48×36 Mapillary file). The releases'
+# test scripts: the authors' (depth_distribution/main/scripts/test.py + configs): Cityscapes input
+# TEST.INPUT_SIZE_TARGET (1280×760; 640×320 small), labels OUTPUT_SIZE 2048×1024 = native; Mapillary image
+# and label resize_with_pad to the input size (scale_label=True). DADA's (dada/scripts/test.py + config.py):
+# Cityscapes input 1024×512, native labels; Mapillary input 1024×768, labels pad_with_fixed_AS at native size.
+def _aspect_pad(w, h, size):
+    ratio = size[0] / size[1]
+    return (int(ratio * h), h) if ratio * h > w else ((w, int(w / ratio)) if ratio * h < w else (w, h))
+
+
+EVAL_CASES = [
+    ("synthia2cityscapes16.toml", [], (1280, 760), (128, 64)),
+    ("synthia2cityscapes7.toml", [], (1280, 760), (128, 64)),
+    ("synthia2cityscapes7_low.toml", [], (640, 320), (128, 64)),
+    ("synthia2mapillary7.toml", [], (1280, 760), (1280, 760)),
+    ("synthia2mapillary7_low.toml", [], (640, 320), (640, 320)),
+    ("synthia2cityscapes16.toml", ["data.target_size=[1024, 512]"], (1024, 512), (128, 64)),
+    ("synthia2mapillary7.toml", ["data.target_size=[1024, 768]", "eval.letterbox_labels=native"], (1024, 768),
+     _aspect_pad(48, 36, (1024, 768))),
+]
+
+
+@pytest.mark.parametrize("recipe, overrides, input_size, label_size", EVAL_CASES)
+def test_shipped_recipes_score_at_the_release_test_scripts_sizes(recipe, overrides, input_size, label_size, tiny_targets):
+    from udaseg.scoring import eval_data
+
+    cfg = load_config(STAGES / recipe, overrides)
+    sample = eval_data(cfg, cfg.data.target_val_split, tiny_targets).dataset[0]
+    assert tuple(sample["image"].shape[-2:]) == (input_size[1], input_size[0])
+    assert tuple(sample["label"].shape) == (label_size[1], label_size[0])
+    if "eval.letterbox_labels=native" in overrides:  # DADA: the label at its own 48×36, padded right with ignore
+        assert (sample["label"][:, 48:] == 255).all() and (sample["label"][:, :48] != 255).any()
+
+
+def test_native_letterbox_labels_need_the_top_left_letterbox():
+    from udaseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="letterbox_labels"):
+        load_config(CITY16, ["eval.letterbox_labels=native"])
