@@ -20,7 +20,7 @@ from udaseg.data.pngio import read_png_raw, read_rgb, write_png
 from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.transforms import resize_image
 from udaseg.inference import labelid_table
-from udaseg.model import model_from_config, normalize, upsample
+from udaseg.model import model_from_config, upsample
 from udaseg.pipeline.predict import PredictOptions, collect_inputs, run_predict
 
 INPUT = (48, 32)  # the recipe's data.target_size: every image is resized to it
@@ -71,7 +71,7 @@ def reference(cfg, ckpt_path, path):
     model, _ = load_model(ckpt_path, cfg, torch.device("cpu"))
     image = read_rgb(path)
     with torch.no_grad():
-        out = model(normalize(resize_image(image, INPUT)[None], cfg.model.backbone), heads=("seg", "depth"))
+        out = model(resize_image(image, INPUT)[None], heads=("seg", "depth"))
     hw = tuple(image.shape[-2:])
     probs = torch.softmax(upsample(out.seg, hw), 1)
     conf, labels = probs.max(1)
@@ -263,6 +263,6 @@ def test_a_letterboxed_target_is_predicted_letterboxed(ckpt, tmp_path):
     assert offset == (0, 0) and inner == (48, 12)
     x = pad_to(resize_image(image, inner), INPUT, offset, 0)
     with torch.no_grad():
-        seg = upsample(model(normalize(x[None], cfg.model.backbone), heads=("seg",)).seg, (INPUT[1], INPUT[0]))
+        seg = upsample(model(x[None], heads=("seg",)).seg, (INPUT[1], INPUT[0]))
     expect = upsample(seg[..., :12, :48], (20, 80)).argmax(1)[0].numpy()
     assert (png(tmp_path / "o" / "labels" / "wide.png") == expect).mean() > 0.999

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from udaseg.errors import ConfigError  # re-exported: callers import it from here
+
 Size = tuple[int, int]  # (width, height), the order image tools use
-
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the schema."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +34,9 @@ class DataConfig:
 
     root: str = ""  # data root of this recipe; --data-root and $UDASEG_DATA take precedence
     source_root: str = "SYNTHIA-RAND-CITYSCAPES"
-    source_format: Literal["synthia", "generic"] = "synthia"  # generic: see [generic]
+    source_format: str = "synthia"  # a name of udaseg.data.formats.FORMATS; generic: see [generic]
     target_root: str = "cityscapes"
-    target_format: Literal["cityscapes", "mapillary", "folder", "generic"] = "cityscapes"
+    target_format: str = "cityscapes"  # a name of udaseg.data.formats.FORMATS
     target_train_split: str = "train"
     target_val_split: str = "val"
     source_size: Size = (1280, 760)
@@ -52,7 +50,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18"] = "deeplabv2_resnet101"
+    backbone: str = "deeplabv2_resnet101"  # a name of udaseg.model.backbones.BACKBONES
     init_weights: str = ""  # a local file; nothing is downloaded
     light_width: int = 64  # base width of light_resnet18 (64 = ResNet-18)
     head_channels: int = 512  # hidden width of the depth and density heads (the paper's 512)
@@ -371,11 +369,22 @@ def validate(config: Config) -> None:
         if not ok(value):
             raise ConfigError(f"{dotted} = {value!r}: must be {what}")
     _check_schedules(config)
+    _check_names(config)
     protocol = config.experiment.protocol
     if config.protocol.classes or protocol not in PROTOCOLS:
         from udaseg.data.recipe_protocol import register_recipe_protocol
 
         register_recipe_protocol(config)  # a [protocol] section: checked, then known by name
+
+
+def _check_names(config: Config) -> None:
+    """The dataset formats and the backbone are names of their tables (which import no config)."""
+    from udaseg.data.formats import source_format, target_format
+    from udaseg.model.backbones import backbone_spec
+
+    source_format(config)
+    target_format(config)
+    backbone_spec(config.model.backbone)
 
 
 def _check_schedules(config: Config) -> None:

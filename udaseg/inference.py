@@ -103,11 +103,9 @@ class InferenceNet(nn.Module):
     `depth` [B, 1, H, W] in metres (0 = no prediction).
     """
 
-    def __init__(self, net: nn.Module, backbone: str, with_depth: bool = False):
+    def __init__(self, net: nn.Module, with_depth: bool = False):
         super().__init__()
-        from udaseg.model import input_normalization
-
-        norm = input_normalization(backbone)
+        norm = net.spec.normalization
         self.backbone = net.backbone
         self.seg_head = net.seg_head
         self.depth_head = net.depth_head if with_depth else None

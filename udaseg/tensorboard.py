@@ -95,7 +95,7 @@ class TensorBoardLogger:
         from udaseg.data.protocols import get_protocol
         from udaseg.engine import unwrap
         from udaseg.inference import colorize_depth
-        from udaseg.model import autocast, channels_last, normalize, upsample
+        from udaseg.model import autocast, channels_last, upsample
 
         protocol = get_protocol(self.config.experiment.protocol)
         net = unwrap(self.model)
@@ -103,7 +103,7 @@ class TensorBoardLogger:
         net.eval()  # running statistics, no updates; restored below so training is unchanged
         try:
             images = torch.stack([s["image"] for s in samples]).to(self.device)
-            x = channels_last(normalize(images, self.config.model.backbone), self.device)
+            x = channels_last(images, self.device)
             with autocast(self.device, self.config.train.amp):
                 out = net(x, heads=("seg", "depth"))
             hw = tuple(images.shape[-2:])

@@ -51,6 +51,7 @@ class Protocol:
     palette: np.ndarray | None = None  # [C, 3] uint8 class colours; None = udaseg.data.palette's defaults
     ignore_ids: tuple[int, ...] = ()  # raw ids that are ignore on purpose (check-data does not flag them)
     recipe: bool = False  # defined by a recipe's [protocol] section (udaseg.data.recipe_protocol)
+    source_dataset: str = "synthia"  # the source format whose raw ids source_lut maps
 
     @property
     def num_classes(self) -> int:

@@ -1,7 +1,8 @@
 """`SegDepthNet`: one backbone, three parallel heads (segmentation, depth, density).
 
-All heads read the last backbone feature map, so every output lives on the model's output
-grid (`udaseg.grid.output_grid`); upsampling to the input or label size is the caller's job.
+The network takes RGB uint8 images and normalises them as its backbone's spec says. All heads
+read the last backbone feature map, so every output lives on the model's output grid
+(`udaseg.grid.output_grid`); upsampling to the input or label size is the caller's job.
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ from torch import nn
 
 from udaseg.model.batchnorm import set_batchnorm_mode
 from udaseg.model.heads import ASPPClassifier, ScalarHead
-from udaseg.model.light import LightResNet18
-from udaseg.model.preprocess import BACKBONES
-from udaseg.model.resnet import (
-    CaffeResNet101,
-    TorchvisionResNet101,
-    load_deeplab_imagenet,
-    load_torchvision,
-    load_torchvision_resnet101,
-)
+from udaseg.model.backbones import BackboneSpec, backbone_spec
+from udaseg.model.preprocess import normalize
 
 HEADS = ("seg", "depth", "density")
 HEAD_LR_MULT = 10.0  # DeepLab-v2's convention for new layers; the release does not use it (`train.head_lr_mult`)
@@ -39,21 +33,30 @@ class SegDepthOutput:
 
 
 class SegDepthNet(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "", head_channels: int = 512) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, spec: BackboneSpec, channels: int,
+                 head_channels: int = 512) -> None:
         super().__init__()
-        self.backbone_name = backbone_name
+        self.spec = spec
         self.num_classes = num_classes
         self.backbone = backbone
-        channels = int(backbone.out_channels)
         self.seg_head = ASPPClassifier(channels, num_classes)
         self.depth_head = ScalarHead(channels, hidden=head_channels)
         self.density_head = ScalarHead(channels, hidden=head_channels)  # always built: one checkpoint layout
 
-    def forward(self, x: torch.Tensor, heads: Sequence[str] = HEADS) -> SegDepthOutput:
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB uint8 [B, 3, H, W] -> the backbone's input, in the images' memory format (a
+        channels-last batch stays channels-last, `udaseg.model.ops.channels_last`)."""
+        x = normalize(images, self.spec.normalization)
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images: torch.Tensor, heads: Sequence[str] = HEADS) -> SegDepthOutput:
+        """`images`: RGB uint8 (or float 0..255) [B, 3, H, W]."""
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise ValueError(f"unknown heads {sorted(unknown)}; expected a subset of {HEADS}")
-        features = self.backbone(x)
+        features = self.backbone(self.normalize(images))
         return SegDepthOutput(
             seg=self.seg_head(features) if "seg" in heads else None,
             depth=self.depth_head(features) if "depth" in heads else None,
@@ -86,22 +89,11 @@ def build_backbone(backbone: str, init_weights: str | Path | None = None, *, lig
 
     `batchnorm` is a `udaseg.model.batchnorm.BATCHNORM_MODES` name; None keeps the backbone's own
     default (ResNet-101s frozen, the light one trained from scratch, frozen when pretrained)."""
+    spec = backbone_spec(backbone)
     path = str(init_weights) if init_weights else ""
-    if backbone == "deeplabv2_resnet101":
-        net: nn.Module = CaffeResNet101()
-        if path:
-            load_deeplab_imagenet(net, path)
-    elif backbone == "torchvision_resnet101":
-        net = TorchvisionResNet101()
-        if path:
-            load_torchvision_resnet101(net, path)
-    elif backbone == "light_resnet18":
-        # pretrained statistics are worth keeping; from scratch BN has to learn them
-        net = LightResNet18(width=light_width, freeze_bn=bool(path))
-        if path:
-            load_torchvision(net, path, "torchvision ResNet-18")
-    else:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+    net = spec.build(light_width, bool(path))
+    if path:
+        spec.load_weights(net, path)
     if batchnorm is not None:
         set_batchnorm_mode(net, batchnorm)
     return net
@@ -109,12 +101,13 @@ def build_backbone(backbone: str, init_weights: str | Path | None = None, *, lig
 
 def build_model(backbone: str, num_classes: int, init_weights: str | Path | None = None, *,
                 light_width: int = 64, head_channels: int = 512, batchnorm: str | None = None) -> SegDepthNet:
-    """`SegDepthNet` for `model.backbone` ∈ {deeplabv2_resnet101, torchvision_resnet101,
-    light_resnet18}; `init_weights` is a local ImageNet backbone file ("" / None = random).
-    `head_channels` is the hidden width of the depth and density heads (512 in the paper);
-    `batchnorm` the BatchNorm mode (`build_backbone`)."""
+    """`SegDepthNet` for a `model.backbone` name of `udaseg.model.backbones.BACKBONES`;
+    `init_weights` is a local ImageNet backbone file ("" / None = random). `head_channels` is
+    the hidden width of the depth and density heads (512 in the paper); `batchnorm` the
+    BatchNorm mode (`build_backbone`)."""
+    spec = backbone_spec(backbone)
     return SegDepthNet(build_backbone(backbone, init_weights, light_width=light_width, batchnorm=batchnorm),
-                       num_classes, backbone, head_channels=head_channels)
+                       num_classes, spec, spec.out_channels(light_width), head_channels=head_channels)
 
 
 def model_from_config(model_config, num_classes: int, init_weights: str | Path | None = None) -> SegDepthNet:

@@ -38,7 +38,7 @@ from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.transforms import resize_image
 from udaseg.errors import UdasegError
 from udaseg.inference import InferenceNet, labelid_table
-from udaseg.model import input_normalization
+from udaseg.model import backbone_spec
 
 FORMATS = ("torchscript", "onnx")
 OPSET = 17
@@ -176,7 +176,7 @@ def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_ima
     size = tuple(input_size or config.data.target_size)
     torch_threads = torch.get_num_threads()
     model, info = load_model(checkpoint, config, torch.device("cpu"))
-    net = InferenceNet(model, config.model.backbone, with_depth=with_depth).eval().requires_grad_(False)
+    net = InferenceNet(model, with_depth=with_depth).eval().requires_grad_(False)
     names = ["logits", "depth"] if with_depth else ["logits"]
     example = torch.zeros(1, 3, size[1], size[0])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_ima
 
 def sidecar_dict(config: Config, protocol, fmt: str, out: Path, checkpoint: Path, info: dict, size, with_depth: bool,
                  verification: dict) -> dict:
-    norm = input_normalization(config.model.backbone)
+    norm = backbone_spec(config.model.backbone).normalization
     order = "".join("RGB"[i] for i in norm.channel_order)
     outputs = {"logits": {"shape": ["batch", len(protocol.classes), "height", "width"], "dtype": "float32",
                           "meaning": "class scores at the input's size (bilinear, align_corners=True); argmax over dim 1 = class index"}}

@@ -51,7 +51,7 @@ from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.transforms import resize_image
 from udaseg.errors import DataError, UdasegError
 from udaseg.inference import (CONFIDENCE_PNG_SCALE, DEPTH_PNG_SCALE, colorize_depth, labelid_table, overlay)
-from udaseg.model import autocast, channels_last, normalize, upsample
+from udaseg.model import autocast, channels_last, upsample
 from udaseg.progress import progress_bar, rate_text
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 
@@ -440,7 +440,7 @@ def _predict_batch(model, batch: list[dict], config: Config, dev: torch.device, 
                    thresholds, palette: np.ndarray, ids: np.ndarray | None, C: int) -> Iterator[dict[str, np.ndarray]]:
     """One forward pass for the batch, then each image at its own resolution: its outputs as host arrays."""
     inputs = torch.stack([u["input"] for u in batch]).to(dev, non_blocking=True)
-    x = channels_last(normalize(inputs, config.model.backbone), dev)
+    x = channels_last(inputs, dev)
     with autocast(dev, options.amp):
         net_out = model(x, heads=heads)
     pl = config.pseudolabel

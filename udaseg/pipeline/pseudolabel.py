@@ -37,7 +37,7 @@ from udaseg.engine import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout, write_config
-from udaseg.model import autocast, normalize
+from udaseg.model import autocast
 from udaseg.progress import progress_bar
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 
@@ -77,11 +77,10 @@ def padding_at(valid: torch.Tensor, size_hw: tuple[int, int], device: torch.devi
     return v < 0.5
 
 
-def predict(model, images: torch.Tensor, backbone: str, size_hw: tuple[int, int], amp: bool):
+def predict(model, images: torch.Tensor, size_hw: tuple[int, int], amp: bool):
     """(arg-max labels, confidence) at `size_hw` from uint8 images on the model's device."""
-    x = normalize(images, backbone)
     with torch.no_grad(), autocast(images.device, amp):
-        logits = model(x, heads=("seg",)).seg
+        logits = model(images, heads=("seg",)).seg
     logits = F.interpolate(logits.float(), size=size_hw, mode="bilinear", align_corners=True)
     confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
     return labels.to(torch.uint8), confidence
@@ -131,7 +130,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
             loader = make_loader(Subset(dataset, mine), pl.batch_size, workers)
             for batch in loader:
                 images = batch["image"].to(env.device, non_blocking=True)
-                pred, conf = predict(model, images, config.model.backbone, (height, width), config.train.amp)
+                pred, conf = predict(model, images, (height, width), config.train.amp)
                 if "valid" in batch:  # letterbox padding (data.target_fit) is never a pseudo-label
                     pred = torch.where(padding_at(batch["valid"], (height, width), pred.device),
                                        torch.full_like(pred, IGNORE), pred)

@@ -27,7 +27,7 @@ from udaseg.errors import UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout, write_config
 from udaseg.losses import berhu, weighted_cross_entropy
-from udaseg.model import autocast, normalize, upsample
+from udaseg.model import autocast, upsample
 from udaseg.scoring import ValScorer
 from udaseg.tensorboard import tensorboard_observer
 
@@ -38,7 +38,7 @@ class SelfTrainStep:
         self.target_iter, self.source_iter = target_iter, source_iter
 
     def _forward(self, batch: dict, heads):
-        x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.cfg.model.backbone)
+        x = batch["image"].to(self.env.device, non_blocking=True)
         with autocast(self.env.device, self.cfg.train.amp):
             return self.p.model(x, heads=heads), tuple(x.shape[-2:])
 

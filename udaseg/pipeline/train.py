@@ -30,7 +30,7 @@ from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
 from udaseg.layout import RunLayout, write_config
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
-from udaseg.model import Discriminator, autocast, channels_last, normalize, to_grid, upsample
+from udaseg.model import Discriminator, autocast, channels_last, to_grid, upsample
 from udaseg.model.health import check_trainable
 from udaseg.scoring import ValScorer
 from udaseg.tensorboard import tensorboard_observer
@@ -98,7 +98,6 @@ class Stage1Step:
     def __init__(self, config: Config, parts: TrainParts, env: DistEnv, source_iter, target_iter):
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
         self.source_iter, self.target_iter = source_iter, target_iter
-        self.backbone = config.model.backbone
         self.horizon = poly_horizon(self.t.iterations, self.t.lr_horizon)  # the release's MAX_ITERS
         self.heads, self.target_heads, self.adv_weight = ABLATIONS[self.t.ablation]
         net = unwrap(parts.model)
@@ -108,8 +107,7 @@ class Stage1Step:
         self.adv_unit = parts.gmm.squash_max if self.t.adv_density == "unit" and parts.gmm is not None else 1.0
 
     def _inputs(self, batch: dict) -> torch.Tensor:
-        x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
-        return channels_last(x, self.env.device)
+        return channels_last(batch["image"].to(self.env.device, non_blocking=True), self.env.device)
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         t, p, dev = self.t, self.p, self.env.device
