@@ -27,7 +27,7 @@ runner = CliRunner()
 
 def common(tmp: Path, *extra: str) -> list[str]:
     sets = ["model.backbone=light_resnet18", "model.init_weights=", "model.light_width=16", "model.head_channels=64",
-            "experiment.name=t", "data.num_workers=0",
+            "experiment.name=t", "data.num_workers=0", "inference.workers=0",
             "eval.batch_size=2", "eval.num_figure_samples=2", *extra]
     return ["--data-root", str(tmp / "data"), "--runs-root", str(tmp / "runs"), *[a for s in sets for a in ("--set", s)]]
 

@@ -312,12 +312,12 @@ def test_d_s_off_class_equals_a_per_pixel_sklearn_reference_at_depth_zero():
 SIZE = (64, 32)
 BASE = {
     "experiment.name": "t", "data.source_root": "syn", "data.target_root": "city", "data.source_size": list(SIZE),
-    "data.target_size": list(SIZE), "data.num_workers": 0, "model.backbone": "light_resnet18",
+    "data.target_size": list(SIZE), "data.num_workers": 0, "inference.workers": 0, "model.backbone": "light_resnet18",
     "model.init_weights": "", "model.light_width": 8, "model.head_channels": 16, "gmm.points_per_class": 2000,
-    "train.iterations": 4, "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100,
-    "train.log_every": 1, "train.amp": False, "train.eval_every": 2, "self_train.eval_every": 2,
+    "train.iterations": 4, "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100, "self_train.checkpoint_every": 100,
+    "train.log_every": 1, "self_train.log_every": 1, "train.amp": False, "self_train.amp": False, "inference.amp": False, "train.eval_every": 2, "self_train.eval_every": 2,
     "self_train.iterations": 4, "self_train.batch_size": 1, "self_train.lr_horizon": 0, "eval.batch_size": 2,
-    "eval.num_figure_samples": 0, "pseudolabel.refine_size": list(SIZE), "pseudolabel.batch_size": 2,
+    "eval.num_figure_samples": 0, "pseudolabel.refine_size": list(SIZE), "inference.batch_size": 2,
     "pseudolabel.conf_threshold": 0.0, "self_train.min_kept_fraction": 0.0,
 }
 

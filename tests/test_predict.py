@@ -26,7 +26,7 @@ from udaseg.pipeline.predict import PredictOptions, collect_inputs, run_predict
 INPUT = (48, 32)  # the recipe's data.target_size: every image is resized to it
 OVERRIDES = {"experiment.name": "pred", "experiment.protocol": "synthia2cityscapes16", "model.backbone": "light_resnet18",
              "model.light_width": 8, "model.head_channels": 16, "data.target_size": list(INPUT),
-             "data.source_size": list(INPUT), "data.source_root": "syn", "data.num_workers": 0,
+             "data.source_size": list(INPUT), "data.source_root": "syn", "data.num_workers": 0, "inference.workers": 0,
              "train.amp": False, "gmm.points_per_class": 500}
 runner = CliRunner()
 

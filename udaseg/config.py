@@ -158,7 +158,6 @@ class PseudoLabelConfig:
     # area from thresholds_size to refine_size
     threshold_scaling: Literal["none", "area"] = "none"
     max_images: int = 0  # label (and self-train on) the first N target images by name; 0 = all
-    batch_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -169,14 +168,41 @@ class SelfTrainConfig:
     lr_horizon: int = 90_000
     eval_every: int = 1000  # as train.eval_every; 0 = off
     batch_size: int = 1
+    # keep stage 1's source losses (weighted CE + depth, with train.lambda_seg / lambda_dep,
+    # train.class_weights and train.batch_size_source images a step) beside the pseudo-label loss
     keep_source_loss: bool = False
     # refuse to start when the pseudo-labels keep less than this fraction of the target pixels
     # (a train checkpoint that is confident nowhere would train on an all-ignore loss of 0)
     min_kept_fraction: float = 0.005
+    # self-training's own optimizer (a fresh SGD from the train checkpoint) and logging; each key
+    # means what its [train] namesake means for stage 1, and the defaults are stage 1's
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9
+    head_lr_mult: float = 1.0
+    aux_head_lr_mult: float = 1.0
+    aux_head_decay_mult: float = 1.0
+    amp: bool = True
+    checkpoint_every: int = 2000
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Running a trained network: `eval`, `pseudolabel`, `predict` and the periodic target-val
+    scoring of the training stages read these; a command's flags (--workers, --batch-size,
+    --amp/--no-amp) override them for one call."""
+
+    amp: bool = True  # bf16 autocast on the GPU
+    batch_size: int = 4  # images per forward pass of pseudolabel and predict (scoring: eval.batch_size)
+    workers: int = 4  # DataLoader decoding processes
 
 
 @dataclass(frozen=True)
 class EvalConfig:
+    # images per forward pass when scoring: `eval` and the periodic target-val scoring, which runs
+    # beside the training state in memory (so the paper recipes keep it at 1)
     batch_size: int = 1
     num_figure_samples: int = 4
 
@@ -230,6 +256,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     generic: GenericConfig = field(default_factory=GenericConfig)
@@ -290,11 +317,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 
+# Keys that moved to the section of the stage that reads them: new key -> the key it was. A recipe
+# written before (a checkpoint's embedded one) is read with `upgrade_recipe`; a recipe file that
+# still spells a removed key gets a one-line error naming the new one.
+SELF_TRAIN_OWN = ("lr", "momentum", "weight_decay", "power", "head_lr_mult", "aux_head_lr_mult",
+                  "aux_head_decay_mult", "amp", "checkpoint_every", "log_every")
+MOVED_KEYS: dict[str, str] = {
+    "inference.batch_size": "pseudolabel.batch_size",
+    "inference.workers": "data.num_workers",
+    "inference.amp": "train.amp",
+    **{f"self_train.{k}": f"train.{k}" for k in SELF_TRAIN_OWN},
+}
+REMOVED_KEYS = {"pseudolabel.batch_size": "inference.batch_size"}
+
+
+def upgrade_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict of an older udaseg in today's sections, meaning what it meant then."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for new, old in MOVED_KEYS.items():
+        (new_s, new_k), (old_s, old_k) = new.split("."), old.split(".")
+        if old_k in out.get(old_s, {}) and new_k not in out.get(new_s, {}):
+            out.setdefault(new_s, {})[new_k] = out[old_s][old_k]
+    for old in REMOVED_KEYS:
+        section, key = old.split(".")
+        out.get(section, {}).pop(key, None)
+    return out
+
+
 def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
+        moved = REMOVED_KEYS.get(f"{section}.{unknown[0]}")
+        if moved:
+            raise ConfigError(f"{section}.{unknown[0]} is now {moved}; move it to [{moved.split('.')[0]}]")
         raise ConfigError(f"unknown key {section}.{unknown[0]} (known keys of [{section}]: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     return cls(**kwargs)
@@ -361,7 +418,17 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("pseudolabel.n_b1", lambda v: v >= 0, "≥ 0"),
     ("pseudolabel.thresholds_size", _positive_size, "positive (width, height)"),
     ("pseudolabel.refine_size", _positive_size, "positive (width, height)"),
-    ("pseudolabel.batch_size", lambda v: v > 0, "> 0"),
+    ("inference.batch_size", lambda v: v > 0, "> 0"),
+    ("inference.workers", lambda v: v >= 0, "≥ 0"),
+    ("self_train.lr", lambda v: v > 0, "> 0"),
+    ("self_train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("self_train.weight_decay", lambda v: v >= 0, "≥ 0"),
+    ("self_train.power", lambda v: v >= 0, "≥ 0"),
+    ("self_train.head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
+    ("self_train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
+    ("self_train.aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = self_train.weight_decay, 0 = no decay on the heads)"),
+    ("self_train.checkpoint_every", lambda v: v > 0, "> 0"),
+    ("self_train.log_every", lambda v: v > 0, "> 0"),
     ("self_train.iterations", lambda v: v > 0, "> 0"),
     ("self_train.batch_size", lambda v: v > 0, "> 0"),
     ("self_train.min_kept_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),

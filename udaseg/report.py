@@ -1,5 +1,6 @@
-"""What `udaseg eval` shows a person: the paper's tables with this run beside them, figures,
-and a comparison of several runs (ablations, seeds) as mean ± std.
+"""What `udaseg eval` shows a person: the paper's tables with this run beside them (markdown and
+console), the depth and head-output summaries, and the figures (confusion.png, samples.png).
+Several runs side by side, mean ± std over seeds, is `udaseg compare` (udaseg/pipeline/compare.py).
 
 Paper rows are the published numbers of the paper's Table 1 (SYNTHIA→Cityscapes 16) and
 Table 2 (SYNTHIA→Cityscapes 7 / SYNTHIA→Mapillary 7, at 320×640 and full resolution), as

@@ -247,7 +247,7 @@ class ValScorer:
         was_training = self.model.training
         try:
             outcome = run_evaluation(self.model, self.loader, self.num_classes, self.device,
-                                     amp=self.config.train.amp, progress=False, total=self.total)
+                                     amp=self.config.inference.amp, progress=False, total=self.total)
         finally:
             self.model.train(was_training)
         return mean_iou(iou_from_confusion(outcome.confusion))

@@ -104,7 +104,7 @@ class TensorBoardLogger:
         try:
             images = torch.stack([s["image"] for s in samples]).to(self.device)
             x = channels_last(images, self.device)
-            with autocast(self.device, self.config.train.amp):
+            with autocast(self.device, self.config.inference.amp):
                 out = net(x, heads=("seg", "depth"))
             hw = tuple(images.shape[-2:])
             pred = upsample(out.seg, hw).argmax(1).to(torch.uint8).cpu().numpy()

@@ -159,9 +159,9 @@ def evaluate_checkpoint(config: Config, checkpoint: Path, out_dir: Path, *, spli
     dataset = data.dataset
     if max_images is not None and max_images > 0 and max_images < len(dataset):
         dataset = Subset(dataset, range(max_images))
-    loader = eval_loader(dataset, config.eval.batch_size, config.data.num_workers if workers is None else workers)
+    loader = eval_loader(dataset, config.eval.batch_size, config.inference.workers if workers is None else workers)
     picks = figure_indices(len(dataset), config.eval.num_figure_samples) if figures else []
-    outcome = run_evaluation(model, loader, protocol.num_classes, dev, depth=data.has_depth,
+    outcome = run_evaluation(model, loader, protocol.num_classes, dev, depth=data.has_depth, amp=config.inference.amp,
                              sample_indices=picks, progress=progress, total=len(dataset),
                              baseline_invdepth=source_median_invdepth(config, checkpoint))
     summary = build_summary(config, protocol, data, outcome, checkpoint, info, dev, label, name)

@@ -114,7 +114,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     if env.is_main:
         labels_dir.mkdir(parents=True, exist_ok=True)
         write_config(layout.pseudo_dir, config)
-    workers = config.data.num_workers if workers is None else workers
+    workers = config.inference.workers if workers is None else workers
     configure_cpu_threads(env, workers)
 
     # counters [C]: confident pixels, kept pixels, and (with GT) correct among them
@@ -127,10 +127,10 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     with bar:
         task = bar.add_task("pseudolabel", total=len(mine), info="")
         if mine:
-            loader = make_loader(Subset(dataset, mine), pl.batch_size, workers)
+            loader = make_loader(Subset(dataset, mine), config.inference.batch_size, workers)
             for batch in loader:
                 images = batch["image"].to(env.device, non_blocking=True)
-                pred, conf = predict(model, images, (height, width), config.train.amp)
+                pred, conf = predict(model, images, (height, width), config.inference.amp)
                 if "valid" in batch:  # letterbox padding (data.target_fit) is never a pseudo-label
                     pred = torch.where(padding_at(batch["valid"], (height, width), pred.device),
                                        torch.full_like(pred, IGNORE), pred)

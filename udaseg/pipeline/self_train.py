@@ -39,13 +39,13 @@ class SelfTrainStep:
 
     def _forward(self, batch: dict, heads):
         x = batch["image"].to(self.env.device, non_blocking=True)
-        with autocast(self.env.device, self.cfg.train.amp):
+        with autocast(self.env.device, self.cfg.self_train.amp):
             return self.p.model(x, heads=heads), tuple(x.shape[-2:])
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         st, t, p, dev = self.cfg.self_train, self.cfg.train, self.p, self.env.device
         # the release keeps stage 1's MAX_ITERS as the denominator: self_train.lr_horizon
-        set_lr(p.optimizer, poly_lr(t.lr, iteration, poly_horizon(st.iterations, st.lr_horizon), t.power))
+        set_lr(p.optimizer, poly_lr(st.lr, iteration, poly_horizon(st.iterations, st.lr_horizon), st.power))
         p.optimizer.zero_grad(set_to_none=True)
         tgt = next(self.target_iter)
         out, _ = self._forward(tgt, ("seg",))
@@ -109,7 +109,7 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
     torch.manual_seed(config.experiment.seed)
     num_classes = get_protocol(config.experiment.protocol).num_classes
     model = build_network(config, num_classes, env)
-    optimizer = build_sgd(model, t)
+    optimizer = build_sgd(model, st)
     model = wrap_ddp(model, env, find_unused=True)
     parts = TrainParts(model, optimizer, class_weights=source_class_weights(config, layout, env.device))
 
@@ -142,7 +142,7 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
 
     spec = LoopSpec(
         out_dir=folder.path, total_iterations=st.iterations, start_iteration=start,
-        checkpoint_every=t.checkpoint_every, log_every=t.log_every,
+        checkpoint_every=st.checkpoint_every, log_every=st.log_every,
         images_per_step=st.batch_size + (t.batch_size_source if source_iter else 0),
         description=f"self-train {config.experiment.name}",
         step=SelfTrainStep(config, parts, env, target_iter, source_iter),
