@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakedata import write_cityscapes  # noqa: E402
 
 from udaseg.config import load_config, to_toml  # noqa: E402
-from udaseg.data.protocols import get_protocol  # noqa: E402
+
+from udaseg.data.recipe_protocol import protocol_of  # noqa: E402
 from udaseg.checkpoint import save_checkpoint  # noqa: E402
 from udaseg.pipeline.evaluate import eval_data, eval_loader, evaluate_checkpoint, figure_indices, run_evaluation  # noqa: E402
 from udaseg.model import model_from_config  # noqa: E402
@@ -83,7 +84,7 @@ def main() -> None:
             "model.init_weights": "", "experiment.name": "bench", "data.num_workers": args.workers,
             "eval.batch_size": args.batch, "eval.num_figure_samples": args.figures,
         })
-        protocol = get_protocol(cfg.experiment.protocol)
+        protocol = protocol_of(cfg)
         torch.manual_seed(0)
         model = model_from_config(cfg.model, protocol.num_classes).eval()
         ckpt = tmp / "checkpoint_final.pt"

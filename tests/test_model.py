@@ -207,7 +207,7 @@ def test_param_groups_split_backbone_and_heads_at_10x() -> None:
     for bn in batchnorms(model.backbone):  # as after loading ImageNet weights
         for p in bn.parameters():
             p.requires_grad_(False)
-    groups = model.param_groups(2.5e-4)
+    groups = model.param_groups(2.5e-4, head_lr_mult=10.0)
     assert [g["lr"] for g in groups] == pytest.approx([2.5e-4, 2.5e-3])
     assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
     ids = [{id(p) for p in g["params"]} for g in groups]

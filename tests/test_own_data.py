@@ -24,6 +24,7 @@ from udaseg.data.generic import GenericDataset, stored_to_invdepth
 from udaseg.data.palette import palette_for
 from udaseg.data.pngio import read_png_raw, write_png
 from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.synthia import SynthiaDataset
 from udaseg.synth import SynthConfig, generate
 
@@ -68,7 +69,8 @@ def own(tmp_path_factory):
 
 def test_the_readme_relayout_reads_like_the_synthia_original(own):
     config = load_config(RECIPE, {**TINY})
-    protocol = get_protocol("synth5")
+    protocol = protocol_of(config)
+    assert protocol.name == "synth5"
     generic = source_dataset(config, own / "data", label_size="image")
     synthia = SynthiaDataset(own / "data" / "demo" / "source", protocol, size=SIZE)
     assert len(generic) == len(synthia) == 4
@@ -221,8 +223,21 @@ def test_recipe_protocol_and_generic_mistakes_are_one_line_errors(override, mess
 def test_a_recipe_protocol_with_identity_maps_and_its_palette():
     config = load_config(None, {"experiment.protocol": "three", "protocol.classes": ["x", "y", "z"],
                                 "protocol.palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "protocol.miou_star": ["x", "z"]})
-    protocol = get_protocol("three")
+    protocol = protocol_of(config)
     assert protocol.num_classes == 3 and protocol.miou_star == (0, 2)
     assert protocol.source_lut[:4].tolist() == [0, 1, 2, IGNORE] and protocol.target_lut[2] == 2
     assert palette_for(protocol)[:3].tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert config.protocol.classes == ("x", "y", "z")
+
+
+def test_two_recipes_naming_one_protocol_keep_their_own_definitions():
+    """No registry: the protocol is a function of the recipe, however many are loaded in one process."""
+    a = load_config(None, {"experiment.protocol": "mine", "protocol.classes": ["a", "b"]})
+    b = load_config(None, {"experiment.protocol": "mine", "protocol.classes": ["p", "q", "r"],
+                           "protocol.source_ids": [[1], [2], [3]]})
+    for _ in range(2):  # interleaved, and again once both are cached
+        assert protocol_of(a).classes == ("a", "b") and protocol_of(a).source_lut[1] == 1
+        assert protocol_of(b).classes == ("p", "q", "r") and protocol_of(b).source_lut[1] == 0
+    assert protocol_of(a) is protocol_of(load_config(None, {"experiment.protocol": "mine", "protocol.classes": ["a", "b"]}))
+    with pytest.raises(ValueError, match="unknown built-in class protocol 'mine'"):
+        get_protocol("mine")  # loading a recipe registered nothing by name

@@ -211,7 +211,7 @@ def test_m2_writes_every_loss_finite(m2_run):
         assert 0.0 <= r["health/density_mae_src"] and 0.0 <= r["health/density_mae_tgt"]
         assert math.isfinite(r["health/depth_absrel"]) and r["health/depth_absrel"] >= 0.0
     final = load_checkpoint(out / CHECKPOINT_FINAL)
-    assert final["iteration"] == 4 and final["num_classes"] == 16 and final["stage"] == "stage1"
+    assert final["iteration"] == 4 and final["num_classes"] == 16 and final["stage"] == "train"
     assert {"model", "optimizer", "disc", "optimizer_disc", "rng"} <= set(final)
     assert all_finite(final)
     # SGD momentum buffers exist for every trained parameter after 4 steps

@@ -440,9 +440,7 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
 
 
 def validate(config: Config) -> None:
-    """Ranges and the class protocol, each a one-line ConfigError naming the key."""
-    from udaseg.data.protocols import PROTOCOLS  # data imports nothing of config; keep it lazy anyway
-
+    """Ranges, the table names and the class protocol, each a one-line ConfigError naming the key."""
     for dotted, ok, what in RANGES:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
@@ -450,11 +448,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{dotted} = {value!r}: must be {what}")
     _check_schedules(config)
     _check_names(config)
-    protocol = config.experiment.protocol
-    if config.protocol.classes or protocol not in PROTOCOLS:
-        from udaseg.data.recipe_protocol import register_recipe_protocol
+    from udaseg.data.recipe_protocol import protocol_of  # which imports no config: no circle
 
-        register_recipe_protocol(config)  # a [protocol] section: checked, then known by name
+    protocol_of(config)  # a [protocol] section is checked here, before any data is read
 
 
 def _check_names(config: Config) -> None:

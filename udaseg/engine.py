@@ -195,7 +195,7 @@ def build_sgd(model: nn.Module, t: TrainConfig | SelfTrainConfig) -> torch.optim
     """SGD with momentum and weight decay from a stage's section ([train] or [self_train]): one group
     at its `lr` (the release), or the heads apart at its `head_lr_mult` × it."""
     net = unwrap(model)
-    groups = net.param_groups(t.lr, t.head_lr_mult)
+    groups = net.param_groups(t.lr, head_lr_mult=t.head_lr_mult)
     if t.aux_head_lr_mult != 1.0 or t.aux_head_decay_mult != 1.0:
         groups = split_aux_heads(net, groups, t.head_lr_mult * t.aux_head_lr_mult, t.lr,
                                  t.weight_decay * t.aux_head_decay_mult)

@@ -26,7 +26,7 @@ def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
     return None  # unreachable
 
 
-def resolve_checkpoint(checkpoint: Path | None, config: Path | None, overrides, runs_root):
+def checkpoint_and_recipe(checkpoint: Path | None, config: Path | None, overrides, runs_root):
     """(checkpoint, recipe): --checkpoint with --config or its embedded recipe; or the recipe's last checkpoint."""
     from udaseg.inference import config_for_checkpoint
 
@@ -73,7 +73,7 @@ def predict(
     """
     from udaseg.pipeline.predict import PredictOptions, run_predict
 
-    ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
+    ckpt, cfg = checkpoint_and_recipe(checkpoint, config, set_, runs_root)
     inf = cfg.inference  # the flags override the recipe's [inference] for this call
     options = PredictOptions(color=color, labelids=labelids, depth=depth, confidence=confidence, refine=refine,
                              overwrite=overwrite, video_out=video_out,

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from udaseg.config import Config, data_root, resolve_under
 from udaseg.data.formats import source_format, target_format
-from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 
 
 def source_root(config: Config, root: str | Path | None = None) -> Path:
@@ -23,7 +23,7 @@ def target_root(config: Config, root: str | Path | None = None) -> Path:
 def source_dataset(config: Config, root: str | Path | None = None, **kwargs) -> Dataset:
     """The labelled source set (with depth) at the recipe's source size (kwargs pass through)."""
     kwargs.setdefault("size", config.data.source_size)
-    return source_format(config).source(config, source_root(config, root), get_protocol(config.experiment.protocol),
+    return source_format(config).source(config, source_root(config, root), protocol_of(config),
                                         **kwargs)
 
 
@@ -33,7 +33,7 @@ def target_dataset(config: Config, split: str, root: str | Path | None = None, l
     kwargs.setdefault("size", config.data.target_size)
     kwargs.setdefault("fit", config.data.target_fit)  # one geometry for every stage (train, pseudolabel, eval)
     return target_format(config).target(config, target_root(config, root), split,
-                                        get_protocol(config.experiment.protocol), labels, **kwargs)
+                                        protocol_of(config), labels, **kwargs)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,

@@ -25,7 +25,7 @@ from udaseg.data.build import source_root, target_root
 from udaseg.data.filecheck import FilePlan, cityscapes_disparity, read_npy
 from udaseg.data.formats import source_format, target_format
 from udaseg.data.pngio import ImageFileError, read_png_raw, read_rgb
-from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
 from udaseg.progress import console, progress_bar, rate_text
 
@@ -105,7 +105,7 @@ def _build(report: DatasetReport, factory) -> SegmentationDataset | None:
 
 def _datasets(config: Config, root, splits) -> list[tuple[DatasetReport, SegmentationDataset | None, FilePlan]]:
     """Every dataset split the recipe uses, with what to check in it (dataset None: not found)."""
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     found = []
 
     src, spec = source_root(config, root), source_format(config)

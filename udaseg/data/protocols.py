@@ -95,14 +95,11 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-# Protocols defined by a recipe's [protocol] section, registered by name when the recipe is
-# loaded (`udaseg.config.validate`), so every stage finds them like the built-in ones.
-RECIPE_PROTOCOLS: dict[str, Protocol] = {}
-
-
 def get_protocol(name: str) -> Protocol:
+    """A built-in protocol by name. A recipe's protocol (built in or its own [protocol] section):
+    `udaseg.data.recipe_protocol.protocol_of(config)`."""
     try:
-        return PROTOCOLS[name] if name in PROTOCOLS else RECIPE_PROTOCOLS[name]
+        return PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown class protocol {name!r}; choose one of {sorted(PROTOCOLS)} "
-                         "or define it in the recipe's [protocol] section") from None
+        raise ValueError(f"unknown built-in class protocol {name!r}; choose one of {sorted(PROTOCOLS)} "
+                         "(a recipe's own protocol: protocol_of(config))") from None

@@ -20,7 +20,6 @@ from udaseg.model.backbones import BackboneSpec, backbone_spec
 from udaseg.model.preprocess import normalize
 
 HEADS = ("seg", "depth", "density")
-HEAD_LR_MULT = 10.0  # DeepLab-v2's convention for new layers; the release does not use it (`train.head_lr_mult`)
 
 
 @dataclass
@@ -66,11 +65,11 @@ class SegDepthNet(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         return [self.seg_head, self.depth_head, self.density_head]
 
-    def param_groups(self, lr: float, head_lr_mult: float = HEAD_LR_MULT) -> list[dict]:
+    def param_groups(self, lr: float, *, head_lr_mult: float) -> list[dict]:
         """SGD groups: trainable backbone parameters at `lr`, heads at `head_lr_mult`·`lr`.
 
         `head_lr_mult = 1` gives one group holding every trainable parameter, as the release's
-        optimizer. Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
+        optimizer; DeepLab-v2's convention for new layers is 10 (`train.head_lr_mult`). Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
         Frozen parameters (BatchNorm affine unless trained) are left out.
         """
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]

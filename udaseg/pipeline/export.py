@@ -34,7 +34,8 @@ from udaseg.checkpoint import load_model
 from udaseg.config import Config
 from udaseg.data.palette import palette_for
 from udaseg.data.pngio import atomic_write_bytes, read_rgb
-from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.protocols import IGNORE
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.transforms import resize_image
 from udaseg.errors import UdasegError
 from udaseg.inference import InferenceNet, labelid_table
@@ -172,7 +173,7 @@ def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_ima
         raise UdasegError(f"{verify_image}: verification image not found; pass --verify-image with a real photo "
                           "(e.g. a Cityscapes frame)")
     out = Path(out)
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     size = tuple(input_size or config.data.target_size)
     torch_threads = torch.get_num_threads()
     model, info = load_model(checkpoint, config, torch.device("cpu"))

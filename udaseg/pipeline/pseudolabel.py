@@ -31,7 +31,8 @@ from udaseg.config import Config
 from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
 from udaseg.data.pngio import atomic_write_bytes, encode_png
-from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.protocols import IGNORE
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import pseudo_label_subset
 from udaseg.engine import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, UdasegError
@@ -98,7 +99,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     """Write `pseudo/labels/<id>.png` for the target training split; returns the stats dict."""
     layout = RunLayout.for_config(config, runs)
     pl = config.pseudolabel
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     C = protocol.num_classes
     width, height = pl.refine_size
     model, _ = load_model(checkpoint, config, env.device)

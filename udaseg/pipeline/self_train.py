@@ -18,14 +18,15 @@ from udaseg.checkpoint import check_compatible, load_checkpoint, pick_checkpoint
 from udaseg.config import Config
 from udaseg.data.base import read_channel
 from udaseg.data.build import source_dataset, target_dataset
-from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.protocols import IGNORE
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import PseudoLabelDataset, pseudo_label_subset
 from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
                            plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
                            set_rng_state, training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import load_gmm
-from udaseg.layout import RunLayout, write_config
+from udaseg.layout import STAGE_SELF_TRAIN, RunLayout, write_config
 from udaseg.losses import berhu, weighted_cross_entropy
 from udaseg.model import autocast, upsample
 from udaseg.scoring import ValScorer
@@ -107,7 +108,7 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
     layout = RunLayout.for_config(config, runs)
     folder, st, t = layout.self_train, config.self_train, config.train
     torch.manual_seed(config.experiment.seed)
-    num_classes = get_protocol(config.experiment.protocol).num_classes
+    num_classes = protocol_of(config).num_classes
     model = build_network(config, num_classes, env)
     optimizer = build_sgd(model, st)
     model = wrap_ddp(model, env, find_unused=True)
@@ -146,7 +147,7 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
         images_per_step=st.batch_size + (t.batch_size_source if source_iter else 0),
         description=f"self-train {config.experiment.name}",
         step=SelfTrainStep(config, parts, env, target_iter, source_iter),
-        state=lambda it: training_state(config, parts, it, "self_train"),
+        state=lambda it: training_state(config, parts, it, STAGE_SELF_TRAIN),
         lrs=lambda: {"lr": optimizer.param_groups[0]["lr"]}, progress=progress,
         on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
         eval_every=st.eval_every, evaluate=scorer, loop_state=loop_state,

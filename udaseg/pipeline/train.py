@@ -27,7 +27,7 @@ import torch
 from udaseg.config import Config, data_root, resolve_under
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
-from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.collapse import HEALTH_PREFIX, head_stats
 from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
                            plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
@@ -35,7 +35,7 @@ from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_s
                            training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
-from udaseg.layout import RunLayout, write_config
+from udaseg.layout import STAGE_TRAIN, RunLayout, write_config
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
 from udaseg.model import Discriminator, autocast, channels_last, to_grid, upsample
 from udaseg.model.health import check_trainable
@@ -64,7 +64,7 @@ def init_weights_path(config: Config, root: str | Path | None) -> Path | None:
 
 def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> TrainParts:
     t = config.train
-    num_classes = get_protocol(config.experiment.protocol).num_classes
+    num_classes = protocol_of(config).num_classes
     needs_gmm = t.ablation in DENSITY_ABLATIONS or t.class_weights == "frequency" or t.head_targets == "normalized" \
         or t.adv_depth == "unit"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
@@ -296,7 +296,7 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
         checkpoint_every=t.checkpoint_every, log_every=t.log_every,
         images_per_step=t.batch_size_source + (t.batch_size_target if tgt_iter else 0),
         description=f"train {config.experiment.name} [{t.ablation}]",
-        step=step, state=lambda it: training_state(config, parts, it, "stage1"), lrs=lrs, progress=progress,
+        step=step, state=lambda it: training_state(config, parts, it, STAGE_TRAIN), lrs=lrs, progress=progress,
         on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
         eval_every=t.eval_every, evaluate=scorer, loop_state=state.get("loop") if state else None,
         observer=tensorboard_observer(config, folder.path, env, parts.model, root, start),
