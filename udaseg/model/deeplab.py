@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from udaseg.model.backbones import BackboneSpec, backbone_spec
 from udaseg.model.batchnorm import set_batchnorm_mode
 from udaseg.model.heads import ASPPClassifier, ScalarHead
-from udaseg.model.backbones import BackboneSpec, backbone_spec
 from udaseg.model.preprocess import normalize
+
+if TYPE_CHECKING:
+    from udaseg.config import ModelConfig
 
 HEADS = ("seg", "depth", "density")
 
@@ -109,7 +113,7 @@ def build_model(backbone: str, num_classes: int, init_weights: str | Path | None
                        num_classes, spec, spec.out_channels(light_width), head_channels=head_channels)
 
 
-def model_from_config(model_config, num_classes: int, init_weights: str | Path | None = None) -> SegDepthNet:
+def model_from_config(model_config: ModelConfig, num_classes: int, init_weights: str | Path | None = None) -> SegDepthNet:
     """The network a recipe's [model] section describes (`udaseg.config.ModelConfig`)."""
     net = build_model(model_config.backbone, num_classes, init_weights, light_width=model_config.light_width,
                       head_channels=model_config.head_channels, batchnorm=model_config.batchnorm)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from udaseg.config import Config, data_root, resolve_under
+from udaseg.config import Config, TrainConfig, data_root, resolve_under
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
 from udaseg.data.recipe_protocol import protocol_of
@@ -224,7 +224,7 @@ def adversarial_weights(head: str | None, out_s, out_t, live: bool = True) -> tu
     return getattr(out_s, head).detach().float(), weight_t if live else weight_t.detach()
 
 
-def adversarial_unit(t, factor: str | None, gmm: DepthGMM | None) -> float:
+def adversarial_unit(t: TrainConfig, factor: str | None, gmm: DepthGMM | None) -> float:
     """What F̂'s factor is divided by: 1 (the paper: raw 0..255 density, raw inverse depth), or the
     unit its own loss is taken in (train.adv_density / adv_depth = "unit": squash_max; the source
     median inverse depth), so F̂ and the head's loss weigh the head's output alike."""
