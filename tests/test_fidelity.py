@@ -27,6 +27,7 @@ import udaseg.pipeline.self_train as stage2
 import udaseg.pipeline.train as stage1
 import udaseg.scoring as scoring
 from fakedata import interrupt_after, write_cityscapes, write_synthia
+from conftest import tiny_recipe
 from udaseg.checkpoint import load_checkpoint, pick_checkpoint
 from udaseg.cli import app
 from udaseg.config import ConfigError, load_config, to_toml
@@ -310,16 +311,14 @@ def test_d_s_off_class_equals_a_per_pixel_sklearn_reference_at_depth_zero():
 # ----------------------------------------------------------------------------- 8. best-on-val selection
 
 SIZE = (64, 32)
-BASE = {
+BASE = tiny_recipe(**{
     "experiment.name": "t", "data.source_root": "syn", "data.target_root": "city", "data.source_size": list(SIZE),
-    "data.target_size": list(SIZE), "data.num_workers": 0, "inference.workers": 0, "model.backbone": "light_resnet18",
-    "model.init_weights": "", "model.light_width": 8, "model.head_channels": 16, "gmm.points_per_class": 2000,
-    "train.iterations": 4, "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100, "self_train.checkpoint_every": 100,
-    "train.log_every": 1, "self_train.log_every": 1, "train.amp": False, "self_train.amp": False, "inference.amp": False, "train.eval_every": 2, "self_train.eval_every": 2,
-    "self_train.iterations": 4, "self_train.batch_size": 1, "self_train.lr_horizon": 0, "eval.batch_size": 2,
-    "eval.num_figure_samples": 0, "pseudolabel.refine_size": list(SIZE), "inference.batch_size": 2,
-    "pseudolabel.conf_threshold": 0.0, "self_train.min_kept_fraction": 0.0,
-}
+    "data.target_size": list(SIZE), "train.iterations": 4, "train.batch_size_source": 1, "train.batch_size_target": 1,
+    "train.checkpoint_every": 100, "self_train.checkpoint_every": 100, "train.eval_every": 2,
+    "self_train.eval_every": 2, "train.select": "best", "self_train.iterations": 4, "self_train.batch_size": 1,
+    "self_train.lr_horizon": 0, "eval.batch_size": 2, "eval.num_figure_samples": 0,
+    "pseudolabel.refine_size": list(SIZE), "pseudolabel.conf_threshold": 0.0, "self_train.min_kept_fraction": 0.0,
+})
 
 
 def config(**extra):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import ConfigError, load_config
 from udaseg.data.build import source_dataset, target_dataset
@@ -31,16 +32,13 @@ from udaseg.synth import SynthConfig, generate
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "stages" / "own5.toml"
 SIZE = (64, 40)
-TINY = {
-    "data.source_size": list(SIZE), "data.target_size": list(SIZE), "data.num_workers": 0, "inference.workers": 0,
-    "model.light_width": 8, "model.head_channels": 16, "gmm.points_per_class": 2000,
-    "train.iterations": 2, "train.batch_size_source": 2, "train.batch_size_target": 2, "train.amp": False, "self_train.amp": False, "inference.amp": False,
-    "train.log_every": 1, "self_train.log_every": 1, "train.checkpoint_every": 2, "self_train.checkpoint_every": 2, "train.eval_every": 0, "train.select": "final",
-    "pseudolabel.refine_size": [64, 32], "pseudolabel.threshold_scaling": "none", "pseudolabel.n_b0": 3.0,
-    "pseudolabel.n_b1": 10.0, "inference.batch_size": 2, "self_train.iterations": 2,
-    "self_train.batch_size": 2, "self_train.eval_every": 0, "self_train.min_kept_fraction": 0.0,
-    "eval.batch_size": 2, "eval.num_figure_samples": 1,
-}
+TINY = tiny_recipe(**{
+    "data.source_size": list(SIZE), "data.target_size": list(SIZE), "train.iterations": 2,
+    "train.batch_size_source": 2, "train.batch_size_target": 2, "train.checkpoint_every": 2,
+    "self_train.checkpoint_every": 2, "pseudolabel.refine_size": [64, 32], "pseudolabel.threshold_scaling": "none",
+    "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0, "self_train.iterations": 2, "self_train.batch_size": 2,
+    "self_train.min_kept_fraction": 0.0, "eval.batch_size": 2, "eval.num_figure_samples": 1,
+})
 runner = CliRunner()
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fakedata import write_synthia
+from conftest import tiny_recipe
 from udaseg.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from udaseg.cli import app
 from udaseg.config import load_config
@@ -24,10 +25,9 @@ from udaseg.model import model_from_config, upsample
 from udaseg.pipeline.predict import PredictOptions, collect_inputs, run_predict
 
 INPUT = (48, 32)  # the recipe's data.target_size: every image is resized to it
-OVERRIDES = {"experiment.name": "pred", "experiment.protocol": "synthia2cityscapes16", "model.backbone": "light_resnet18",
-             "model.light_width": 8, "model.head_channels": 16, "data.target_size": list(INPUT),
-             "data.source_size": list(INPUT), "data.source_root": "syn", "data.num_workers": 0, "inference.workers": 0,
-             "train.amp": False, "gmm.points_per_class": 500}
+OVERRIDES = tiny_recipe(**{"experiment.name": "pred", "experiment.protocol": "synthia2cityscapes16",
+                           "data.target_size": list(INPUT), "data.source_size": list(INPUT), "data.source_root": "syn",
+                           "gmm.points_per_class": 500, "inference.batch_size": 4})
 runner = CliRunner()
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import udaseg.pipeline.pseudolabel as pseudolabel_mod
 import udaseg.pipeline.self_train as stage2
+from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.build import target_dataset
@@ -33,20 +34,15 @@ runner = CliRunner()
 
 
 def overrides(**extra):
-    base = {
+    # periodic target-val scoring and best-on-val selection: tests/test_fidelity.py
+    return tiny_recipe(**{
         "experiment.name": "tiny", "data.source_root": "bench/source", "data.target_root": "bench/target",
-        "data.source_size": list(SIZE), "data.target_size": list(SIZE), "data.num_workers": 0, "inference.workers": 0,
-        "model.backbone": "light_resnet18", "model.init_weights": "", "model.light_width": 8,
-        "model.head_channels": 16, "gmm.points_per_class": 2000, "train.iterations": 1,
-        "train.batch_size_source": 2, "train.batch_size_target": 2, "train.amp": False, "self_train.amp": False, "inference.amp": False, "train.log_every": 1, "self_train.log_every": 1,
-        "pseudolabel.refine_size": [64, 32], "pseudolabel.thresholds_size": [64, 32],
-        "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0, "inference.batch_size": 2,
-        "self_train.iterations": 4, "self_train.batch_size": 2, "train.checkpoint_every": 2, "self_train.checkpoint_every": 2,
-        # periodic target-val scoring and best-on-val selection: tests/test_fidelity.py
-        "train.eval_every": 0, "self_train.eval_every": 0, "train.select": "final", "self_train.lr_horizon": 0,
-    }
-    base.update(extra)
-    return base
+        "data.source_size": list(SIZE), "data.target_size": list(SIZE), "train.iterations": 1,
+        "train.batch_size_source": 2, "train.batch_size_target": 2, "pseudolabel.refine_size": [64, 32],
+        "pseudolabel.thresholds_size": [64, 32], "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0,
+        "self_train.iterations": 4, "self_train.batch_size": 2, "train.checkpoint_every": 2,
+        "self_train.checkpoint_every": 2, "self_train.lr_horizon": 0, **extra,
+    })
 
 
 @pytest.fixture(scope="module")

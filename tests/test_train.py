@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import udaseg.pipeline.train as stage1
 from fakedata import interrupt_after, write_cityscapes, write_synthia
+from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.pngio import write_png
@@ -37,29 +38,13 @@ from udaseg.layout import RunLayout
 
 SIZE = (64, 40)
 NAME = "t"
-BASE = {
-    "experiment.name": NAME,
-    "data.source_root": "syn",
-    "data.target_root": "city",
-    "data.source_size": list(SIZE),
-    "data.target_size": list(SIZE),
-    "data.num_workers": 0, "inference.workers": 0,
-    "model.backbone": "light_resnet18",
-    "model.init_weights": "",
-    "model.light_width": 16,
-    "model.head_channels": 64,
-    "gmm.points_per_class": 2000,
-    "train.iterations": 4,
-    "train.batch_size_source": 1,
-    "train.batch_size_target": 1,
-    "train.checkpoint_every": 100, "self_train.checkpoint_every": 100,
-    "train.log_every": 1, "self_train.log_every": 1,
-    "train.amp": False, "self_train.amp": False, "inference.amp": False,
-    # no periodic target-val scoring here (tests/test_fidelity.py covers it and best-on-val selection)
-    "train.eval_every": 0,
-    "self_train.eval_every": 0,
-    "train.select": "final",
-}
+# no periodic target-val scoring here (tests/test_fidelity.py covers it and best-on-val selection)
+BASE = tiny_recipe(**{
+    "experiment.name": NAME, "data.source_root": "syn", "data.target_root": "city", "data.source_size": list(SIZE),
+    "data.target_size": list(SIZE), "model.light_width": 16, "model.head_channels": 64, "train.iterations": 4,
+    "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100,
+    "self_train.checkpoint_every": 100,
+})
 ALL_LOSSES = {"seg", "depth", "density_src", "density_tgt", "adv", "disc"}
 TB = [TENSORBOARD_DIR] if tensorboard_available() else []  # event files with the `tb` extra (tests/test_tensorboard.py)
 runner = CliRunner()
