@@ -109,6 +109,7 @@ syn2map7-low:  ## the same at 640x320
 
 # ---- paper Tables 1 + 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" ------
 # source_only / advent / dada / m1 / m2 / oracle are train runs; m3 and m4 self-train from m2's checkpoint
+# (m2_entropy, M2's losses with F̂ = entropy, is a `make selection` arm: ABL_STAGE1="... m2_entropy" adds it here)
 # on pseudo-labels without / with the spatial prior. One gmm.h5 serves every run.
 # RECIPE=demo16 runs the same table with the 16-class recipe.
 RECIPE   ?= demo
@@ -140,11 +141,11 @@ $(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/self_train/checkpoint_fin
 	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
 
-ABL_STAGE1 := source_only advent dada m1 m2 oracle
+ABL_STAGE1 ?= source_only advent dada m1 m2 oracle
 $(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1),$(eval $(call ABLATION_STAGE1,$(x),$(s)))))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m3,$(s),--no-refine)))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
-ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only advent dada m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
+ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1) m3 m4,$(ABL)/$(x)_s$(s)/eval/summary.json))
 ABL_RESULTS   ?= results/ablation_$(RECIPE).json
 # each run is scored twice: its final checkpoint (eval/) and its best on the target val (eval/best/, train.eval_every):
 # the table has both rows; best-on-val is model selection on target labels, final the clean number
@@ -159,11 +160,11 @@ ablation: $(ABL_SUMMARIES)  ## paper Tables 1 + 3 on the synthetic benchmark, me
 # results in results/selection_$(RECIPE).json. Never run these on the confirmation seeds.
 SEL      := $(RUNS)/selection/$(RECIPE)
 SEL_ARGS := --config stages/$(RECIPE).toml --data-root $(DATA) --runs-root $(SEL)
-SEL_ARMS ?= m2_live m2_detached m2_auxlr1 m2_nodecay m2_entropy dada_unit
-ARM_m2_live     := --ablation m2 --set train.adv_factor_grad=live
-ARM_m2_detached := --ablation m2 --set train.adv_factor_grad=detached
-ARM_m2_auxlr1   := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_lr_mult=1.0
-ARM_m2_nodecay  := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_decay_mult=0.0
+SEL_ARMS ?= m1 m2_live m2_detached m2_auxlr1 m2_nodecay m2_entropy dada_live dada_unit
+ARM_m2_live     := --ablation m2 --set train.adv_density_grad=live
+ARM_m2_detached := --ablation m2 --set train.adv_density_grad=detached
+ARM_m2_auxlr1   := --ablation m2 --set train.adv_density_grad=live --set train.aux_head_lr_mult=1.0
+ARM_m2_nodecay  := --ablation m2 --set train.adv_density_grad=live --set train.aux_head_decay_mult=0.0
 ARM_m2_entropy  := --ablation m2_entropy
 ARM_m1          := --ablation m1
 ARM_dada_live   := --ablation dada --set train.adv_depth=raw
@@ -179,7 +180,7 @@ $(SEL)/$(1)_s$(2)/eval/summary.json: $(SEL)/shared/gmm/gmm.h5
 	$(UDASEG) train $(SEL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) $(ARM_$(1))
 	$(UDASEG) eval $(SEL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
-$(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS) m1,$(eval $(call SELECTION_ARM,$(a),$(s)))))
+$(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS),$(eval $(call SELECTION_ARM,$(a),$(s)))))
 SEL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS),$(SEL)/$(a)_s$(s)/eval/summary.json))
 
 selection: $(SEL_SUMMARIES)  ## the density-collapse selection arms (stage 1) over SEEDS (make -j2; RESULTS.md)

@@ -127,11 +127,15 @@ class CollapseWatch:
                 f"{self.patience} log steps running, after being healthy)")
 
 
-def collapse_summary(records: list[dict]) -> dict:
-    """For eval's report: the last logged statistics per (head, domain) and the collapse flags
-    of a training log (`log.jsonl` records)."""
+def collapse_summary(records: list[dict], trace_points: int = 20) -> dict:
+    """For eval's report: the last logged statistics per (head, domain), the collapse flags of a
+    training log (`log.jsonl` records), and a trace of each head's output mean against its
+    target's at ~`trace_points` evenly spaced log steps ([iteration, mean, std, target mean])."""
     watch = CollapseWatch.from_log(dict(r) for r in records)
     last: dict[str, dict[str, float]] = {}
+    trace: dict[str, list[list[float | None]]] = {}
+    step = max(1, -(-len(records) // trace_points))
+    picked = {id(r) for r in records[::step]} | ({id(records[-1])} if records else set())
     for record in records:
         for key, value in record.items():
             if not key.startswith(HEALTH_PREFIX):
@@ -144,7 +148,13 @@ def collapse_summary(records: list[dict]) -> dict:
                     head, domain = name.split(marker)
                     last.setdefault(f"{head}_{domain}", {})[stat] = float(value)
                     last[f"{head}_{domain}"]["iteration"] = int(record["iteration"])
-    return {"heads": last, "collapsed": dict(watch.flagged), "rule": RULE_TEXT}
+        if id(record) in picked:
+            for head_domain in last:
+                head, domain = head_domain.rsplit("_", 1)
+                if stat_key(head, "mean", domain) in record:
+                    trace.setdefault(head_domain, []).append(
+                        [int(record["iteration"])] + [record.get(stat_key(head, s, domain)) for s in ("mean", "std", "target_mean")])
+    return {"heads": last, "collapsed": dict(watch.flagged), "rule": RULE_TEXT, "trace": trace}
 
 
 RULE_TEXT = (f"collapsed = after once being healthy, output std < {REL:g}× the target's std, or |output mean| < "
