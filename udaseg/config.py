@@ -377,9 +377,24 @@ def _positive_size(v) -> bool:
     return all(x > 0 for x in v)
 
 
+# The optimizer and cadence keys [train] and [self_train] both have, checked alike in each.
+_STAGE_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("lr", lambda v: v > 0, "> 0"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("weight_decay", lambda v: v >= 0, "≥ 0"),
+    ("power", lambda v: v >= 0, "≥ 0"),
+    ("head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
+    ("aux_head_lr_mult", lambda v: v > 0, "> 0"),
+    ("aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = {section}.weight_decay, 0 = no decay on the heads)"),
+    ("checkpoint_every", lambda v: v > 0, "> 0"),
+    ("log_every", lambda v: v > 0, "> 0"),
+)
+
 # (dotted key, check, what it must be): checked when a recipe is loaded, so a bad value stops
 # the run before any data is read
-RANGES: tuple[tuple[str, Any, str], ...] = (
+RANGES: tuple[tuple[str, Any, str], ...] = tuple(
+    (f"{section}.{key}", ok, what.format(section=section))
+    for section in ("train", "self_train") for key, ok, what in _STAGE_RANGES) + (
     ("experiment.seed", lambda v: v >= 0, "≥ 0"),
     ("data.source_size", _positive_size, "positive (width, height)"),
     ("data.target_size", _positive_size, "positive (width, height)"),
@@ -396,19 +411,10 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.iterations", lambda v: v > 0, "> 0"),
     ("train.batch_size_source", lambda v: v > 0, "> 0"),
     ("train.batch_size_target", lambda v: v > 0, "> 0"),
-    ("train.lr", lambda v: v > 0, "> 0"),
     ("train.lr_disc", lambda v: v > 0, "> 0"),
-    ("train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("train.weight_decay", lambda v: v >= 0, "≥ 0"),
-    ("train.power", lambda v: v >= 0, "≥ 0"),
     ("train.disc_width", lambda v: v > 0, "> 0"),
-    ("train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
-    ("train.aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = train.weight_decay, 0 = no decay on the heads)"),
     ("train.disc_betas", lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
-    ("train.checkpoint_every", lambda v: v > 0, "> 0"),
-    ("train.log_every", lambda v: v > 0, "> 0"),
     ("train.lr_horizon", lambda v: v >= 0, "≥ 0 (0 = train.iterations)"),
-    ("train.head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
     ("train.eval_every", lambda v: v >= 0, "≥ 0 (0 = off)"),
     ("pseudolabel.max_images", lambda v: v >= 0, "≥ 0 (0 = all)"),
     ("self_train.lr_horizon", lambda v: v >= 0, "≥ 0 (0 = self_train.iterations)"),
@@ -420,15 +426,6 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("pseudolabel.refine_size", _positive_size, "positive (width, height)"),
     ("inference.batch_size", lambda v: v > 0, "> 0"),
     ("inference.workers", lambda v: v >= 0, "≥ 0"),
-    ("self_train.lr", lambda v: v > 0, "> 0"),
-    ("self_train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("self_train.weight_decay", lambda v: v >= 0, "≥ 0"),
-    ("self_train.power", lambda v: v >= 0, "≥ 0"),
-    ("self_train.head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
-    ("self_train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
-    ("self_train.aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = self_train.weight_decay, 0 = no decay on the heads)"),
-    ("self_train.checkpoint_every", lambda v: v > 0, "> 0"),
-    ("self_train.log_every", lambda v: v > 0, "> 0"),
     ("self_train.iterations", lambda v: v > 0, "> 0"),
     ("self_train.batch_size", lambda v: v > 0, "> 0"),
     ("self_train.min_kept_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
