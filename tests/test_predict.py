@@ -323,7 +323,7 @@ def test_predict_json_describes_every_output_of_its_folder_across_calls(ckpt, tm
     listed = sorted(path for entry in predictions.values() for path in entry["outputs"].values())
     assert listed == sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert {e["checkpoint"] for e in predictions.values()} == {str(ckpt_path.resolve())}
-    assert record["checkpoints"][str(ckpt_path.resolve())]["stage"] == "stage1"
+    assert record["checkpoints"][str(ckpt_path.resolve())]["stage"] == "train"  # written as "stage1", the older tag
     assert predictions["a"]["input_size"] == list(INPUT) and predictions["a"]["refine"] is False
     assert record["last_call"] == {"written": 2, "skipped": 0, "videos": 0, "failed": []}
 

@@ -121,7 +121,7 @@ def _checkpoint(path, stage: str, ablation: str):
     return path
 
 
-@pytest.mark.parametrize("stage,ablation,has", [("stage1", "m2", True), ("stage1", "m1", False),
+@pytest.mark.parametrize("stage,ablation,has", [("train", "m2", True), ("stage1", "m2", True), ("stage1", "m1", False),
                                                 ("stage1", "advent", False), ("self_train", "m2", False)])
 def test_density_only_where_the_checkpoint_trained_it(stage, ablation, has, tmp_path):
     seg = Segmenter.from_checkpoint(_checkpoint(tmp_path / "c.pt", stage, ablation), device="cpu")
