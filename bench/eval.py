@@ -30,15 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakedata import write_cityscapes  # noqa: E402
 
 from udaseg.config import load_config, to_toml  # noqa: E402
-from udaseg.data.protocols import get_protocol  # noqa: E402
+
+from udaseg.data.recipe_protocol import protocol_of  # noqa: E402
 from udaseg.checkpoint import save_checkpoint  # noqa: E402
 from udaseg.pipeline.evaluate import eval_data, eval_loader, evaluate_checkpoint, figure_indices, run_evaluation  # noqa: E402
-from udaseg.model import model_from_config, normalize  # noqa: E402
+from udaseg.model import model_from_config  # noqa: E402
 from udaseg.model import autocast  # noqa: E402
 
 
 @torch.inference_mode()
-def forward_rate(model, batches: list[torch.Tensor], backbone: str, dev: torch.device, heads: tuple[str, ...],
+def forward_rate(model, batches: list[torch.Tensor], dev: torch.device, heads: tuple[str, ...],
                  amp: bool = True) -> float:
     """Images/s of the model alone on already-decoded, already-resized uint8 batches, as eval runs it
     (normalise, channels-last on CUDA, bf16 autocast); also used by bench/gpu_check.py."""
@@ -46,7 +47,7 @@ def forward_rate(model, batches: list[torch.Tensor], backbone: str, dev: torch.d
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     for b in batches:
-        x = normalize(b.to(dev, non_blocking=True), backbone)
+        x = b.to(dev, non_blocking=True)  # the network normalises for its backbone
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(dev, amp):
@@ -83,7 +84,7 @@ def main() -> None:
             "model.init_weights": "", "experiment.name": "bench", "data.num_workers": args.workers,
             "eval.batch_size": args.batch, "eval.num_figure_samples": args.figures,
         })
-        protocol = get_protocol(cfg.experiment.protocol)
+        protocol = protocol_of(cfg)
         torch.manual_seed(0)
         model = model_from_config(cfg.model, protocol.num_classes).eval()
         ckpt = tmp / "checkpoint_final.pt"
@@ -103,14 +104,14 @@ def main() -> None:
                 torch.cuda.synchronize(dev)
 
         def forward() -> float:
-            return forward_rate(model, batches, args.backbone, dev, heads)
+            return forward_rate(model, batches, dev, heads)
 
         def evaluate() -> float:
             loader = eval_loader(data.dataset, args.batch, args.workers)
             picks = figure_indices(len(data.dataset), args.figures)
             sync()
             t0 = time.perf_counter()
-            out = run_evaluation(model, loader, protocol.num_classes, args.backbone, dev, depth=data.has_depth,
+            out = run_evaluation(model, loader, protocol.num_classes, dev, depth=data.has_depth,
                                  sample_indices=picks, progress=False)
             sync()
             assert out.num_images == len(images) and out.confusion.sum() > 0

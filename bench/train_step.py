@@ -39,6 +39,7 @@ import torch
 
 from udaseg.config import load_config, parse_override
 from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.engine import DistEnv, poly_lr, set_lr
 from udaseg.gmm import ClassGMM, DepthGMM, write_gmm
 from udaseg.grid import output_grid
@@ -137,7 +138,7 @@ def build(variant: str, args, size, device: torch.device, amp: bool, runs: Path)
     env = DistEnv(device=device)
     torch.manual_seed(0)
     parts = stage1.build_parts(cfg, env, None, RunLayout.for_config(cfg, runs))
-    C = get_protocol(cfg.experiment.protocol).num_classes
+    C = protocol_of(cfg).num_classes
     src = itertools.repeat(batches(args.batch[0], size, C, device, 1))
     tgt = itertools.repeat(batches(args.batch[1], size, C, device, 2))
     cls = SegBothStep if variant == "seg_both" else stage1.Stage1Step

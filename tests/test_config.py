@@ -1,3 +1,7 @@
+import ast
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -113,14 +117,80 @@ def test_ranges_are_checked_when_the_recipe_loads(override, message):
     assert str(err.value) == message
 
 
-def test_every_recipe_key_is_read_by_the_package():
-    """A key nothing reads is a setting that silently does nothing (model.output_stride did)."""
-    import dataclasses
-    import re
+def _sections_of(expr: ast.AST, aliases: dict[str, set[str]], sections: set[str]) -> set[str]:
+    """The config sections `expr` may be: `<x>.train` is [train]; a name bound to a section (or a
+    parameter annotated with its class) is that section."""
+    if isinstance(expr, ast.Attribute) and expr.attr in sections:
+        return {expr.attr}
+    return aliases.get(ast.unparse(expr), set())
 
-    source = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "udaseg").rglob("*.py")
-                       if p.name != "config.py")
-    config = Config()
-    for section in dataclasses.fields(config):
-        for key in dataclasses.fields(getattr(config, section.name)):
-            assert re.search(rf"\.{key.name}\b", source), f"{section.name}.{key.name} is read nowhere"
+
+def section_reads(tree: ast.Module, classes: dict[str, str]) -> set[str]:
+    """Every `section.key` a module reads: `config.train.lr`, `t.lr` after `t = config.train` or with
+    `t: TrainConfig`, `getattr(config.train, "select")`. Aliases hold within a function, or a class
+    (`self.t = config.train` in __init__, read in __call__), or the module's top level."""
+    sections, by_class = set(classes), {cls: name for name, cls in classes.items()}
+    found: set[str] = set()
+    top = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    scopes = [list(ast.walk(n)) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    scopes.append([n for stmt in top for n in ast.walk(stmt)])
+    for nodes in scopes:
+        aliases: dict[str, set[str]] = {}
+        for _ in range(2):  # aliases of aliases
+            for node in nodes:
+                if isinstance(node, ast.arg) and node.annotation is not None:
+                    names = {by_class[c] for c in by_class if re.search(rf"\b{c}\b", ast.unparse(node.annotation))}
+                    if names:
+                        aliases.setdefault(node.arg, set()).update(names)
+                if isinstance(node, ast.Assign):
+                    pairs = []
+                    for target in node.targets:
+                        if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                            pairs += list(zip(target.elts, node.value.elts))
+                        else:
+                            pairs.append((target, node.value))
+                    for target, value in pairs:
+                        got = _sections_of(value, aliases, sections)
+                        if got:
+                            aliases.setdefault(ast.unparse(target), set()).update(got)
+        for node in nodes:
+            if isinstance(node, ast.Attribute):
+                found |= {f"{s}.{node.attr}" for s in _sections_of(node.value, aliases, sections)}
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" and len(node.args) >= 2 \
+                    and isinstance(node.args[1], ast.Constant):
+                found |= {f"{s}.{node.args[1].value}" for s in _sections_of(node.args[0], aliases, sections)}
+    return found
+
+
+def package_reads() -> set[str]:
+    hints = typing.get_type_hints(Config)
+    classes = {f.name: hints[f.name].__name__ for f in dataclasses.fields(Config)}
+    return {key for p in (Path(__file__).resolve().parents[1] / "udaseg").rglob("*.py") if p.name != "config.py"
+            for key in section_reads(ast.parse(p.read_text()), classes)}
+
+
+def test_every_recipe_key_is_read_by_the_package():
+    """A key nothing reads is a setting that silently does nothing (model.output_stride did). The
+    read must name the key's own section: `.batch_size` of another section does not count."""
+    config, reads = Config(), package_reads()
+    unread = [f"{s.name}.{k.name}" for s in dataclasses.fields(config) for k in dataclasses.fields(getattr(config, s.name))
+              if f"{s.name}.{k.name}" not in reads]
+    assert unread == [], f"read nowhere: {unread}"
+
+
+def test_the_key_reader_tells_sections_apart():
+    tree = ast.parse('''
+def f(config, other: EvalConfig):
+    st, t = config.self_train, config.train
+    a = st.lr + t.power + config.inference.batch_size + other.num_figure_samples
+    return getattr(config.train, "select")
+class Step:
+    def __init__(self, config):
+        self.t = config.train
+    def __call__(self):
+        return self.t.lambda_adv, self.x.batch_size
+''')
+    classes = {"train": "TrainConfig", "self_train": "SelfTrainConfig", "inference": "InferenceConfig", "eval": "EvalConfig"}
+    assert section_reads(tree, classes) == {"self_train.lr", "train.power", "inference.batch_size",
+                                            "eval.num_figure_samples", "train.select", "train.lambda_adv"}
+

@@ -20,7 +20,7 @@ from udaseg.data.pngio import read_rgb
 from udaseg.data.protocols import get_protocol
 from udaseg.data.transforms import resize_image
 from udaseg.inference import InferenceNet
-from udaseg.model import normalize, upsample
+from udaseg.model import upsample
 
 runner = CliRunner()
 IMAGE = "frankfurt_000000_000294_leftImg8bit.png"
@@ -41,7 +41,7 @@ def torch_reference(cfg, ckpt_path, x: torch.Tensor):
     """Logits at the input size and depth in metres, from the udaseg network itself."""
     model, _ = load_model(ckpt_path, cfg, torch.device("cpu"))
     with torch.no_grad():
-        out = model(normalize(x.round().to(torch.uint8), cfg.model.backbone), heads=("seg", "depth"))
+        out = model(x.round().to(torch.uint8), heads=("seg", "depth"))
     hw = tuple(x.shape[-2:])
     inv = upsample(out.depth, hw)
     return upsample(out.seg, hw).numpy(), torch.where(inv > 0, (65536 / inv.clamp_min(1e-6) - 1) / 100, 0).numpy()
@@ -110,7 +110,7 @@ np.save({str(tmp_path / 'labels.npy')!r}, labels)
 """
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     labels = np.load(tmp_path / "labels.npy")
-    net = InferenceNet(load_model(ckpt_path, cfg, torch.device("cpu"))[0], cfg.model.backbone).eval()
+    net = InferenceNet(load_model(ckpt_path, cfg, torch.device("cpu"))[0]).eval()
     from PIL import Image
 
     image = Image.open(cityscapes_sample / IMAGE).convert("RGB").resize(INPUT, Image.BICUBIC)

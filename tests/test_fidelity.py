@@ -27,6 +27,7 @@ import udaseg.pipeline.self_train as stage2
 import udaseg.pipeline.train as stage1
 import udaseg.scoring as scoring
 from fakedata import interrupt_after, write_cityscapes, write_synthia
+from conftest import tiny_recipe
 from udaseg.checkpoint import load_checkpoint, pick_checkpoint
 from udaseg.cli import app
 from udaseg.config import ConfigError, load_config, to_toml
@@ -34,9 +35,8 @@ from udaseg.engine import DistEnv, build_sgd, poly_horizon, poly_lr, read_log, s
 from udaseg.errors import UdasegError
 from udaseg.gmm import ClassGMM, DepthGMM, expand_covariances
 from udaseg.layout import RunLayout
-from udaseg.model import SegDepthNet, model_from_config, normalize
+from udaseg.model import SegDepthNet, model_from_config
 from udaseg.model.batchnorm import batchnorms
-from udaseg.model.preprocess import input_normalization
 from udaseg.pipeline.fit_gmm import run_fit_gmm
 from udaseg.pipeline.pseudolabel import run_pseudolabel, thresholds_from
 from udaseg.refine import class_thresholds
@@ -165,13 +165,13 @@ def test_paper_recipe_from_random_init_trains_or_is_refused():
     cfg = load_config(ROOT / "stages" / "synthia2cityscapes16.toml", ["model.init_weights="])
     torch.manual_seed(0)
     model = model_from_config(cfg.model, 16)
-    assert probe_features(model, cfg.model.backbone, CPU.device) < MAX_FEATURE
+    assert probe_features(model, CPU.device) < MAX_FEATURE
     check_trainable(model, cfg, CPU.device)
     opt = build_sgd(model, cfg.train)
     model.train()
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 65, 97), generator=gen, dtype=torch.uint8)
-    out = model(normalize(image, cfg.model.backbone), heads=("seg",))
+    out = model(image, heads=("seg",))
     loss = F.cross_entropy(F.interpolate(out.seg, size=(65, 97), mode="bilinear", align_corners=True),
                            torch.randint(0, 16, (1, 65, 97), generator=gen))
     loss.backward()
@@ -311,16 +311,14 @@ def test_d_s_off_class_equals_a_per_pixel_sklearn_reference_at_depth_zero():
 # ----------------------------------------------------------------------------- 8. best-on-val selection
 
 SIZE = (64, 32)
-BASE = {
+BASE = tiny_recipe(**{
     "experiment.name": "t", "data.source_root": "syn", "data.target_root": "city", "data.source_size": list(SIZE),
-    "data.target_size": list(SIZE), "data.num_workers": 0, "model.backbone": "light_resnet18",
-    "model.init_weights": "", "model.light_width": 8, "model.head_channels": 16, "gmm.points_per_class": 2000,
-    "train.iterations": 4, "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100,
-    "train.log_every": 1, "train.amp": False, "train.eval_every": 2, "self_train.eval_every": 2,
-    "self_train.iterations": 4, "self_train.batch_size": 1, "self_train.lr_horizon": 0, "eval.batch_size": 2,
-    "eval.num_figure_samples": 0, "pseudolabel.refine_size": list(SIZE), "pseudolabel.batch_size": 2,
-    "pseudolabel.conf_threshold": 0.0, "self_train.min_kept_fraction": 0.0,
-}
+    "data.target_size": list(SIZE), "train.iterations": 4, "train.batch_size_source": 1, "train.batch_size_target": 1,
+    "train.checkpoint_every": 100, "self_train.checkpoint_every": 100, "train.eval_every": 2,
+    "self_train.eval_every": 2, "train.select": "best", "self_train.iterations": 4, "self_train.batch_size": 1,
+    "self_train.lr_horizon": 0, "eval.batch_size": 2, "eval.num_figure_samples": 0,
+    "pseudolabel.refine_size": list(SIZE), "pseudolabel.conf_threshold": 0.0, "self_train.min_kept_fraction": 0.0,
+})
 
 
 def config(**extra):
@@ -475,14 +473,13 @@ def test_mapillary_top_left_letterbox_at_every_stage_input(tmp_path, monkeypatch
                  self_train__iterations=2, pseudolabel__max_images=2, pseudolabel__n_b0=0.0, pseudolabel__n_b1=0.0)
     run_fit_gmm(cfg, data, runs, plots=False, progress=False)
 
-    norm = input_normalization("light_resnet18")
-    inside = torch.tensor([(COLOUR * norm.scale - m) / s for m, s in zip(norm.mean, norm.std)]).view(3, 1, 1)
-    padded = torch.tensor([(0 - m) / s for m, s in zip(norm.mean, norm.std)]).view(3, 1, 1)
+    inside = torch.full((3, 1, 1), float(COLOUR))  # the network's input: the RGB image, black padding
+    padded = torch.zeros(3, 1, 1)
     inputs, labels = [], []
     real_forward = SegDepthNet.forward
 
     def forward(self, x, heads=("seg", "depth", "density")):
-        inputs.append(x.detach().clone())
+        inputs.append(x.detach().float().clone())
         return real_forward(self, x, heads)
 
     def recording(fn):

@@ -117,8 +117,8 @@ def test_density_maps_match_per_pixel_reference(covariance):
     gt[0, 0, :3] = 255  # ignore pixels
     gt = gt.to(torch.uint8)
     depth = torch.tensor(rng.uniform(1, 200, size=(B, h, w)), dtype=torch.float32)
-    ds = model.source_target(pred, gt, depth)
-    dt = model.target_target(pred, depth.clone().requires_grad_())
+    ds = model.source_target(pred, gt, depth, off_class="zero")  # the paper's D_s, as _slow_maps
+    dt = model.target_target(pred, depth.clone().requires_grad_(), nonpositive="pdf")
     assert ds.shape == (B, h, w) and ds.dtype == torch.float32 and not dt.requires_grad
     ref_s = _slow_maps(model, sk, pred, gt, depth)
     ref_t = _slow_maps(model, sk, pred, None, depth)
@@ -130,7 +130,7 @@ def test_density_maps_match_per_pixel_reference(covariance):
 def test_maps_reject_wrong_grid():
     model, _ = _random_model("diag")
     with pytest.raises(UdasegError, match="7×5"):
-        model.target_target(torch.zeros(1, 4, 4, dtype=torch.long), torch.ones(1, 4, 4))
+        model.target_target(torch.zeros(1, 4, 4, dtype=torch.long), torch.ones(1, 4, 4), nonpositive="zero")
 
 
 # ------------------------------------------------------------------ class weights
@@ -307,7 +307,7 @@ def test_gmm_file_round_trip(tmp_path):
         np.testing.assert_allclose(f["class_stats/frequencies"][()], counts)
         np.testing.assert_allclose(f["class_stats/ce_weights"][()], 1 / (3 * counts))
         np.testing.assert_allclose(f["classes/01/variances"][()], sk[1].covariances_.diagonal(axis1=1, axis2=2))
-        assert f.attrs["schema_version"] == 1 and list(f.attrs["feature_names"]) == ["column", "row", "inverse_depth"]
+        assert f.attrs["schema_version"] == 2 and list(f.attrs["feature_names"]) == ["column", "row", "inverse_depth"]
     pts = torch.rand(50, 3, dtype=torch.float64) * torch.tensor([7.0, 5.0, 200.0])
     cls = torch.randint(0, 3, (50,))
     torch.testing.assert_close(back.pdf(pts, cls), model.pdf(pts, cls), rtol=0, atol=0)
@@ -341,8 +341,42 @@ def test_gmm_file_errors(tmp_path):
     write_gmm(newer, model)
     with h5py.File(newer, "a") as f:
         f.attrs["schema_version"] = 99
-    with pytest.raises(UdasegError, match="schema version 99"):
+    with pytest.raises(UdasegError, match=r"schema version 99, written by a newer udaseg \(this one reads versions 1 "
+                                          r"and 2\); update udaseg, or re-run `udaseg fit-gmm`"):
         load_gmm(newer)
+
+
+def test_gmm_schema_versions(tmp_path):
+    """Version 2 added fields that version 1 files were read with defaults for: a version-1 file that
+    holds them all (udaseg wrote them before the version rose) reads as before; one without them
+    is refused, naming what it lacks and the fix; a version-2 file must hold them."""
+    model, _ = _random_model("diag")
+    model.invdepth_median, model.num_images, model.seed = 42.5, 3, 7
+    full_v1 = tmp_path / "full_v1.h5"
+    write_gmm(full_v1, model)
+    with h5py.File(full_v1, "a") as f:
+        f.attrs["schema_version"] = 1
+    back = load_gmm(full_v1)
+    assert (back.invdepth_median, back.num_images, back.seed, back.gmms[1].n_points) == \
+        (42.5, 3, 7, model.gmms[1].n_points)
+
+    old = tmp_path / "old.h5"
+    write_gmm(old, model)
+    with h5py.File(old, "a") as f:
+        f.attrs["schema_version"] = 1
+        del f.attrs["invdepth_median"], f.attrs["seed"]
+        del f["classes/00"].attrs["converged"]
+    with pytest.raises(UdasegError, match=r"old.h5: schema version 1 without invdepth_median, seed, classes/00.converged "
+                                          r"\(fields of version 2\); an older udaseg wrote it; re-run `udaseg fit-gmm`"):
+        load_gmm(old)
+
+    broken = tmp_path / "broken_v2.h5"
+    write_gmm(broken, model)
+    with h5py.File(broken, "a") as f:
+        del f.attrs["squash_reference_grid"]
+    with pytest.raises(UdasegError, match=r"schema version 2 without squash_reference_grid \(fields of version 2\); "
+                                          r"re-run `udaseg fit-gmm`"):
+        load_gmm(broken)
 
 
 def test_write_plots(tmp_path):

@@ -15,7 +15,8 @@ from torch import nn
 
 from udaseg.errors import UdasegError
 from udaseg.grid import output_grid
-from udaseg.model import Discriminator, build_model, input_normalization, normalize
+from udaseg.config import ConfigError
+from udaseg.model import BACKBONES, Discriminator, backbone_spec, build_model
 from udaseg.model.batchnorm import batchnorms
 from udaseg.model.heads import ASPPClassifier, ScalarHead
 from udaseg.model.light import LightResNet18
@@ -27,7 +28,6 @@ from udaseg.model.resnet import (
     load_torchvision_resnet101,
 )
 
-BACKBONES = ("deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18")
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,13 @@ def test_caffe_resnet101_real_forward_small_input(caffe101: CaffeResNet101) -> N
 def test_full_model_output_grid_on_meta(backbone: str, size: tuple[int, int]) -> None:
     w, h = size
     gw, gh = output_grid(w, h)
+    spec = backbone_spec(backbone)
     with torch.device("meta"):
-        out = build_model(backbone, 16, None)(torch.empty(2, 3, h, w))
+        model = build_model(backbone, 16, None, light_width=8)
+        out = model(torch.empty(2, 3, h, w))
+        features = model.backbone(torch.empty(2, 3, h, w))
+    # the spec's out_channels and stride are what the trunk gives (udaseg.grid assumes stride 8)
+    assert spec.output_stride == 8 and features.shape == (2, spec.out_channels(8), gh, gw)
     assert out.seg.shape == (2, 16, gh, gw)
     assert out.depth.shape == (2, 1, gh, gw) and out.density.shape == (2, 1, gh, gw)
 
@@ -202,7 +207,7 @@ def test_param_groups_split_backbone_and_heads_at_10x() -> None:
     for bn in batchnorms(model.backbone):  # as after loading ImageNet weights
         for p in bn.parameters():
             p.requires_grad_(False)
-    groups = model.param_groups(2.5e-4)
+    groups = model.param_groups(2.5e-4, head_lr_mult=10.0)
     assert [g["lr"] for g in groups] == pytest.approx([2.5e-4, 2.5e-3])
     assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
     ids = [{id(p) for p in g["params"]} for g in groups]
@@ -313,16 +318,31 @@ def test_normalize_matches_numpy() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(2, 3, 4, 5), dtype=np.uint8)
     t = torch.from_numpy(img)
-    caffe = normalize(t, "deeplabv2_resnet101").numpy()
+    with torch.device("meta"):  # only the normalisation runs for real (on the CPU tensor)
+        nets = {b: build_model(b, 2, None) for b in BACKBONES}
+    caffe = nets["deeplabv2_resnet101"].normalize(t).numpy()
     ref = img[:, ::-1].astype(np.float64) - np.array([104.00699, 116.66877, 122.67891])[None, :, None, None]
     assert caffe.dtype == np.float32 and np.allclose(caffe, ref, atol=1e-4)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     ref = (img / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
     for backbone in ("torchvision_resnet101", "light_resnet18"):
-        assert np.allclose(normalize(t, backbone).numpy(), ref, atol=1e-5)
-    assert input_normalization("deeplabv2_resnet101").channel_order == (2, 1, 0)
-    with pytest.raises(ValueError, match="unknown backbone"):
-        normalize(t, "vgg16")
+        assert np.allclose(nets[backbone].normalize(t).numpy(), ref, atol=1e-5)
+    assert backbone_spec("deeplabv2_resnet101").normalization.channel_order == (2, 1, 0)
+    with pytest.raises(ConfigError, match=r"^model.backbone = 'vgg16': unknown backbone; choose one of "
+                                          r"deeplabv2_resnet101, torchvision_resnet101, light_resnet18$"):
+        backbone_spec("vgg16")
+
+
+def test_the_network_normalises_its_own_input() -> None:
+    """Callers pass RGB uint8; forward applies the backbone spec's normalisation exactly once."""
+    torch.manual_seed(0)
+    model = build_model("light_resnet18", 3, None, light_width=4).eval()
+    images = torch.randint(0, 256, (1, 3, 24, 32), dtype=torch.uint8)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    reference = (images.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model.seg_head(model.backbone(reference))
+        assert torch.allclose(model(images, heads=("seg",)).seg, expected, atol=1e-5)
 
 
 def test_untrainable_init_is_refused_at_start_naming_the_cause() -> None:
@@ -337,7 +357,7 @@ def test_untrainable_init_is_refused_at_start_naming_the_cause() -> None:
     torch.manual_seed(0)
     model = model_from_config(cfg.model, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert probe_features(model, cfg.model.backbone, torch.device("cpu")) > 1e6
+    assert probe_features(model, torch.device("cpu")) > 1e6
     with pytest.raises(UdasegError, match=r"model.backbone=deeplabv2_resnet101 with model.init_weights='' \(random\) "
                                           r"and model.batchnorm='frozen' cannot train.*model.batchnorm=\"train\""):
         check_trainable(model, cfg, torch.device("cpu"))
@@ -346,7 +366,7 @@ def test_untrainable_init_is_refused_at_start_naming_the_cause() -> None:
     # a light backbone from scratch trains its BN statistics: accepted
     light = load_config(None, ["model.backbone=light_resnet18", "model.init_weights=", "model.light_width=8"])
     small = model_from_config(light.model, 16)
-    assert probe_features(small, "light_resnet18", torch.device("cpu")) < MAX_FEATURE
+    assert probe_features(small, torch.device("cpu")) < MAX_FEATURE
     check_trainable(small, light, torch.device("cpu"))
 
 

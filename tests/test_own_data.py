@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import ConfigError, load_config
 from udaseg.data.build import source_dataset, target_dataset
@@ -24,22 +25,20 @@ from udaseg.data.generic import GenericDataset, stored_to_invdepth
 from udaseg.data.palette import palette_for
 from udaseg.data.pngio import read_png_raw, write_png
 from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.synthia import SynthiaDataset
 from udaseg.synth import SynthConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "stages" / "own5.toml"
 SIZE = (64, 40)
-TINY = {
-    "data.source_size": list(SIZE), "data.target_size": list(SIZE), "data.num_workers": 0,
-    "model.light_width": 8, "model.head_channels": 16, "gmm.points_per_class": 2000,
-    "train.iterations": 2, "train.batch_size_source": 2, "train.batch_size_target": 2, "train.amp": False,
-    "train.log_every": 1, "train.checkpoint_every": 2, "train.eval_every": 0, "train.select": "final",
-    "pseudolabel.refine_size": [64, 32], "pseudolabel.threshold_scaling": "none", "pseudolabel.n_b0": 3.0,
-    "pseudolabel.n_b1": 10.0, "pseudolabel.batch_size": 2, "self_train.iterations": 2,
-    "self_train.batch_size": 2, "self_train.eval_every": 0, "self_train.min_kept_fraction": 0.0,
-    "eval.batch_size": 2, "eval.num_figure_samples": 1,
-}
+TINY = tiny_recipe(**{
+    "data.source_size": list(SIZE), "data.target_size": list(SIZE), "train.iterations": 2,
+    "train.batch_size_source": 2, "train.batch_size_target": 2, "train.checkpoint_every": 2,
+    "self_train.checkpoint_every": 2, "pseudolabel.refine_size": [64, 32], "pseudolabel.threshold_scaling": "none",
+    "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0, "self_train.iterations": 2, "self_train.batch_size": 2,
+    "self_train.min_kept_fraction": 0.0, "eval.batch_size": 2, "eval.num_figure_samples": 1,
+})
 runner = CliRunner()
 
 
@@ -68,7 +67,8 @@ def own(tmp_path_factory):
 
 def test_the_readme_relayout_reads_like_the_synthia_original(own):
     config = load_config(RECIPE, {**TINY})
-    protocol = get_protocol("synth5")
+    protocol = protocol_of(config)
+    assert protocol.name == "synth5"
     generic = source_dataset(config, own / "data", label_size="image")
     synthia = SynthiaDataset(own / "data" / "demo" / "source", protocol, size=SIZE)
     assert len(generic) == len(synthia) == 4
@@ -221,8 +221,21 @@ def test_recipe_protocol_and_generic_mistakes_are_one_line_errors(override, mess
 def test_a_recipe_protocol_with_identity_maps_and_its_palette():
     config = load_config(None, {"experiment.protocol": "three", "protocol.classes": ["x", "y", "z"],
                                 "protocol.palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "protocol.miou_star": ["x", "z"]})
-    protocol = get_protocol("three")
+    protocol = protocol_of(config)
     assert protocol.num_classes == 3 and protocol.miou_star == (0, 2)
     assert protocol.source_lut[:4].tolist() == [0, 1, 2, IGNORE] and protocol.target_lut[2] == 2
     assert palette_for(protocol)[:3].tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert config.protocol.classes == ("x", "y", "z")
+
+
+def test_two_recipes_naming_one_protocol_keep_their_own_definitions():
+    """No registry: the protocol is a function of the recipe, however many are loaded in one process."""
+    a = load_config(None, {"experiment.protocol": "mine", "protocol.classes": ["a", "b"]})
+    b = load_config(None, {"experiment.protocol": "mine", "protocol.classes": ["p", "q", "r"],
+                           "protocol.source_ids": [[1], [2], [3]]})
+    for _ in range(2):  # interleaved, and again once both are cached
+        assert protocol_of(a).classes == ("a", "b") and protocol_of(a).source_lut[1] == 1
+        assert protocol_of(b).classes == ("p", "q", "r") and protocol_of(b).source_lut[1] == 0
+    assert protocol_of(a) is protocol_of(load_config(None, {"experiment.protocol": "mine", "protocol.classes": ["a", "b"]}))
+    with pytest.raises(ValueError, match="unknown built-in class protocol 'mine'"):
+        get_protocol("mine")  # loading a recipe registered nothing by name

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fakedata import write_synthia
+from conftest import tiny_recipe
 from udaseg.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from udaseg.cli import app
 from udaseg.config import load_config
@@ -20,14 +21,13 @@ from udaseg.data.pngio import read_png_raw, read_rgb, write_png
 from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.transforms import resize_image
 from udaseg.inference import labelid_table
-from udaseg.model import model_from_config, normalize, upsample
+from udaseg.model import model_from_config, upsample
 from udaseg.pipeline.predict import PredictOptions, collect_inputs, run_predict
 
 INPUT = (48, 32)  # the recipe's data.target_size: every image is resized to it
-OVERRIDES = {"experiment.name": "pred", "experiment.protocol": "synthia2cityscapes16", "model.backbone": "light_resnet18",
-             "model.light_width": 8, "model.head_channels": 16, "data.target_size": list(INPUT),
-             "data.source_size": list(INPUT), "data.source_root": "syn", "data.num_workers": 0,
-             "train.amp": False, "gmm.points_per_class": 500}
+OVERRIDES = tiny_recipe(**{"experiment.name": "pred", "experiment.protocol": "synthia2cityscapes16",
+                           "data.target_size": list(INPUT), "data.source_size": list(INPUT), "data.source_root": "syn",
+                           "gmm.points_per_class": 500, "inference.batch_size": 4})
 runner = CliRunner()
 
 
@@ -71,7 +71,7 @@ def reference(cfg, ckpt_path, path):
     model, _ = load_model(ckpt_path, cfg, torch.device("cpu"))
     image = read_rgb(path)
     with torch.no_grad():
-        out = model(normalize(resize_image(image, INPUT)[None], cfg.model.backbone), heads=("seg", "depth"))
+        out = model(resize_image(image, INPUT)[None], heads=("seg", "depth"))
     hw = tuple(image.shape[-2:])
     probs = torch.softmax(upsample(out.seg, hw), 1)
     conf, labels = probs.max(1)
@@ -266,7 +266,7 @@ def test_a_letterboxed_target_is_predicted_letterboxed(ckpt, tmp_path):
     assert offset == (0, 0) and inner == (48, 12)
     x = pad_to(resize_image(image, inner), INPUT, offset, 0)
     with torch.no_grad():
-        seg = upsample(model(normalize(x[None], cfg.model.backbone), heads=("seg",)).seg, (INPUT[1], INPUT[0]))
+        seg = upsample(model(x[None], heads=("seg",)).seg, (INPUT[1], INPUT[0]))
     expect = upsample(seg[..., :12, :48], (20, 80)).argmax(1)[0].numpy()
     assert (png(tmp_path / "o" / "labels" / "wide.png") == expect).mean() > 0.999
 
@@ -323,7 +323,7 @@ def test_predict_json_describes_every_output_of_its_folder_across_calls(ckpt, tm
     listed = sorted(path for entry in predictions.values() for path in entry["outputs"].values())
     assert listed == sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert {e["checkpoint"] for e in predictions.values()} == {str(ckpt_path.resolve())}
-    assert record["checkpoints"][str(ckpt_path.resolve())]["stage"] == "stage1"
+    assert record["checkpoints"][str(ckpt_path.resolve())]["stage"] == "train"  # written as "stage1", the older tag
     assert predictions["a"]["input_size"] == list(INPUT) and predictions["a"]["refine"] is False
     assert record["last_call"] == {"written": 2, "skipped": 0, "videos": 0, "failed": []}
 

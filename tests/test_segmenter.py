@@ -18,7 +18,7 @@ from udaseg.data.pngio import write_png
 from udaseg.data.protocols import get_protocol
 from udaseg.data.transforms import resize_image
 from udaseg.errors import UdasegError
-from udaseg.model import model_from_config, normalize, upsample
+from udaseg.model import model_from_config, upsample
 from udaseg.segmenter import Prediction, Segmenter
 
 runner = CliRunner()
@@ -102,7 +102,7 @@ def test_values_match_the_network_run_directly(ckpt, folder):
     for image, pred in zip(arrays(folder), seg(arrays(folder), batch_size=3)):
         x = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         with torch.no_grad():
-            out = model(normalize(resize_image(x, INPUT)[None], "light_resnet18"), heads=("seg", "depth", "density"))
+            out = model(resize_image(x, INPUT)[None], heads=("seg", "depth", "density"))
         hw = image.shape[:2]
         conf, labels = torch.softmax(upsample(out.seg, hw), 1).max(1)
         assert (pred.labels == labels[0].numpy()).mean() > 0.999
@@ -121,8 +121,9 @@ def _checkpoint(path, stage: str, ablation: str):
     return path
 
 
-@pytest.mark.parametrize("stage,ablation,has", [("stage1", "m2", True), ("stage1", "m1", False),
-                                                ("stage1", "advent_entropy", False), ("self_train", "m2", False)])
+@pytest.mark.parametrize("stage,ablation,has", [("train", "m2", True), ("stage1", "m2", True), ("stage1", "m1", False),
+                                                ("stage1", "advent_entropy", False), ("self_train", "m2", False),
+                                                ("imported", "m2", True)])
 def test_density_only_where_the_checkpoint_trained_it(stage, ablation, has, tmp_path):
     seg = Segmenter.from_checkpoint(_checkpoint(tmp_path / "c.pt", stage, ablation), device="cpu")
     image = np.zeros((20, 30, 3), np.uint8)

@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 
 import udaseg.pipeline.pseudolabel as pseudolabel_mod
 import udaseg.pipeline.self_train as stage2
+from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.build import target_dataset
 from udaseg.checkpoint import load_checkpoint
 from udaseg.engine import DistEnv, read_log
 from udaseg.layout import CHECKPOINT_LATEST
+from udaseg.data.protocols import IGNORE
 from udaseg.errors import DataError, UdasegError
 from udaseg.pipeline.fit_gmm import run_fit_gmm
 from udaseg.pipeline.pseudolabel import run_pseudolabel
@@ -32,20 +34,15 @@ runner = CliRunner()
 
 
 def overrides(**extra):
-    base = {
+    # periodic target-val scoring and best-on-val selection: tests/test_fidelity.py
+    return tiny_recipe(**{
         "experiment.name": "tiny", "data.source_root": "bench/source", "data.target_root": "bench/target",
-        "data.source_size": list(SIZE), "data.target_size": list(SIZE), "data.num_workers": 0,
-        "model.backbone": "light_resnet18", "model.init_weights": "", "model.light_width": 8,
-        "model.head_channels": 16, "gmm.points_per_class": 2000, "train.iterations": 1,
-        "train.batch_size_source": 2, "train.batch_size_target": 2, "train.amp": False, "train.log_every": 1,
-        "pseudolabel.refine_size": [64, 32], "pseudolabel.thresholds_size": [64, 32],
-        "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0, "pseudolabel.batch_size": 2,
+        "data.source_size": list(SIZE), "data.target_size": list(SIZE), "train.iterations": 1,
+        "train.batch_size_source": 2, "train.batch_size_target": 2, "pseudolabel.refine_size": [64, 32],
+        "pseudolabel.thresholds_size": [64, 32], "pseudolabel.n_b0": 3.0, "pseudolabel.n_b1": 10.0,
         "self_train.iterations": 4, "self_train.batch_size": 2, "train.checkpoint_every": 2,
-        # periodic target-val scoring and best-on-val selection: tests/test_fidelity.py
-        "train.eval_every": 0, "self_train.eval_every": 0, "train.select": "final", "self_train.lr_horizon": 0,
-    }
-    base.update(extra)
-    return base
+        "self_train.checkpoint_every": 2, "self_train.lr_horizon": 0, **extra,
+    })
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +78,7 @@ def test_refinement_raises_precision_of_noisy_confident_labels(bench, tmp_path, 
     labels = iter([truth[i]["label"] for i in range(len(truth))])
     rng = np.random.default_rng(0)
 
-    def fake_predict(model, images, backbone, size_hw, amp):
+    def fake_predict(model, images, size_hw, amp):
         gt = torch.stack([next(labels) for _ in range(images.shape[0])]).long()
         pred = torch.where(gt < 16, gt, torch.zeros_like(gt))
         speckle = torch.from_numpy(rng.random(pred.shape) < 0.05)
@@ -195,6 +192,63 @@ def test_self_train_keeps_source_losses_when_asked(bench, tmp_path):
     record = read_log(runs / "tiny/self_train/log.jsonl")[-1]
     assert {"seg_pseudo", "seg_source", "depth"} <= set(record)
     assert all(np.isfinite(record[k]) for k in ("seg_pseudo", "seg_source", "depth"))
+
+
+def _berhu_reference(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Reverse Huber written out: c = 0.2 max|e| (a constant), |e| below c, (e² + c²) / 2c above."""
+    e = (pred - target)[valid]
+    c = 0.2 * e.abs().max().detach()
+    return torch.where(e.abs() <= c, e.abs(), (e * e + c * c) / (2 * c)).mean()
+
+
+def test_self_training_source_losses_enter_the_update_with_their_weights():
+    """keep_source_loss: one step's parameter update is SGD on CE(pseudo) + λ_seg · weighted CE(source)
+    + λ_dep · berHu(source depth), each computed here from the same forward passes."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from udaseg.engine import TrainParts, build_sgd
+    from udaseg.model import model_from_config
+
+    config = load_config(None, {**overrides(), "experiment.protocol": "synthia2cityscapes7",
+                                "self_train.keep_source_loss": True, "self_train.lr": 0.05, "self_train.momentum": 0.0,
+                                "self_train.weight_decay": 0.0, "self_train.lr_horizon": 0,
+                                "train.lambda_seg": 0.7, "train.lambda_dep": 0.3})
+    torch.manual_seed(0)
+    model = model_from_config(config.model, 7).train()
+    reference = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    h, w = 32, 48
+    tgt = {"image": torch.randint(0, 256, (2, 3, h, w), generator=gen, dtype=torch.uint8),
+           "label": torch.randint(0, 7, (2, h, w), generator=gen)}
+    tgt["label"][:, :4] = IGNORE
+    src = {"image": torch.randint(0, 256, (2, 3, h, w), generator=gen, dtype=torch.uint8),
+           "label": torch.randint(0, 7, (2, h, w), generator=gen),
+           "depth": torch.rand(2, h, w, generator=gen) * 300}
+    src["depth"][:, :, :5] = 0  # no depth there
+    weights = torch.rand(7, generator=gen) + 0.5
+    parts = TrainParts(model, build_sgd(model, config.self_train), class_weights=weights)
+    losses = stage2.SelfTrainStep(config, parts, CPU, iter([tgt]), iter([src]))(0)
+
+    up = dict(size=(h, w), mode="bilinear", align_corners=True)
+    out_t = reference(tgt["image"], heads=("seg",))
+    out_s = reference(src["image"], heads=("seg", "depth"))
+    pseudo = F.cross_entropy(F.interpolate(out_t.seg, **up), tgt["label"], ignore_index=IGNORE)
+    seg_source = F.cross_entropy(F.interpolate(out_s.seg, **up), src["label"], weight=weights, ignore_index=IGNORE)
+    depth = _berhu_reference(F.interpolate(out_s.depth, **up)[:, 0], src["depth"], src["depth"] > 0)
+    (pseudo + 0.7 * seg_source + 0.3 * depth).backward()
+    assert float(losses["seg_pseudo"]) == pytest.approx(float(pseudo.detach()), rel=1e-5)
+    assert float(losses["seg_source"]) == pytest.approx(float(seg_source.detach()), rel=1e-5)
+    assert float(losses["depth"]) == pytest.approx(float(depth.detach()), rel=1e-5)
+    moved = 0
+    for (name, after), before in zip(model.named_parameters(), reference.parameters()):
+        if before.grad is None:
+            continue
+        expected = before.detach() - 0.05 * before.grad
+        torch.testing.assert_close(after.detach(), expected, rtol=1e-4, atol=1e-7, msg=name)
+        moved += int(not torch.equal(after.detach(), before.detach()))
+    assert moved > 10  # the check compared real updates, not untouched parameters
 
 
 def test_stage1_checkpoint_of_other_widths_is_refused(bench, tmp_path):

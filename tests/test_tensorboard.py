@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import udaseg.tensorboard as tb
+from conftest import tiny_recipe
 from udaseg.config import load_config
 from udaseg.engine import DistEnv, read_log
 from udaseg.pipeline.fit_gmm import run_fit_gmm
@@ -18,16 +19,13 @@ from udaseg.pipeline.train import run_train
 from udaseg.synth import SynthConfig, generate
 
 SIZE = (64, 40)
-OVERRIDES = {
+OVERRIDES = tiny_recipe(**{
     "experiment.name": "tb", "experiment.protocol": "synthia2cityscapes7", "data.source_root": "bench/source",
     "data.target_root": "bench/target", "data.source_size": list(SIZE), "data.target_size": list(SIZE),
-    "data.num_workers": 0, "model.backbone": "light_resnet18", "model.init_weights": "", "model.light_width": 8,
-    "model.head_channels": 16, "gmm.points_per_class": 2000, "train.iterations": 3, "train.batch_size_source": 2,
-    "train.batch_size_target": 2, "train.amp": False, "train.log_every": 1, "train.checkpoint_every": 2,
-    "train.eval_every": 0, "train.select": "final", "self_train.eval_every": 0, "self_train.iterations": 2,
-    "self_train.batch_size": 2, "self_train.min_kept_fraction": 0.0, "pseudolabel.refine_size": [64, 32],
-    "pseudolabel.batch_size": 2, "pseudolabel.conf_threshold": 0.0,
-}
+    "train.iterations": 3, "train.batch_size_source": 2, "train.batch_size_target": 2, "train.checkpoint_every": 2,
+    "self_train.checkpoint_every": 2, "self_train.iterations": 2, "self_train.batch_size": 2,
+    "self_train.min_kept_fraction": 0.0, "pseudolabel.refine_size": [64, 32], "pseudolabel.conf_threshold": 0.0,
+})
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import udaseg.pipeline.train as stage1
 from fakedata import interrupt_after, write_cityscapes, write_synthia
+from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.pngio import write_png
@@ -37,29 +38,13 @@ from udaseg.layout import RunLayout
 
 SIZE = (64, 40)
 NAME = "t"
-BASE = {
-    "experiment.name": NAME,
-    "data.source_root": "syn",
-    "data.target_root": "city",
-    "data.source_size": list(SIZE),
-    "data.target_size": list(SIZE),
-    "data.num_workers": 0,
-    "model.backbone": "light_resnet18",
-    "model.init_weights": "",
-    "model.light_width": 16,
-    "model.head_channels": 64,
-    "gmm.points_per_class": 2000,
-    "train.iterations": 4,
-    "train.batch_size_source": 1,
-    "train.batch_size_target": 1,
-    "train.checkpoint_every": 100,
-    "train.log_every": 1,
-    "train.amp": False,
-    # no periodic target-val scoring here (tests/test_fidelity.py covers it and best-on-val selection)
-    "train.eval_every": 0,
-    "self_train.eval_every": 0,
-    "train.select": "final",
-}
+# no periodic target-val scoring here (tests/test_fidelity.py covers it and best-on-val selection)
+BASE = tiny_recipe(**{
+    "experiment.name": NAME, "data.source_root": "syn", "data.target_root": "city", "data.source_size": list(SIZE),
+    "data.target_size": list(SIZE), "model.light_width": 16, "model.head_channels": 64, "train.iterations": 4,
+    "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100,
+    "self_train.checkpoint_every": 100,
+})
 ALL_LOSSES = {"seg", "depth", "density_src", "density_tgt", "adv", "disc"}
 TB = [TENSORBOARD_DIR] if tensorboard_available() else []  # event files with the `tb` extra (tests/test_tensorboard.py)
 runner = CliRunner()
@@ -211,7 +196,7 @@ def test_m2_writes_every_loss_finite(m2_run):
         assert 0.0 <= r["health/density_mae_src"] and 0.0 <= r["health/density_mae_tgt"]
         assert math.isfinite(r["health/depth_absrel"]) and r["health/depth_absrel"] >= 0.0
     final = load_checkpoint(out / CHECKPOINT_FINAL)
-    assert final["iteration"] == 4 and final["num_classes"] == 16 and final["stage"] == "stage1"
+    assert final["iteration"] == 4 and final["num_classes"] == 16 and final["stage"] == "train"
     assert {"model", "optimizer", "disc", "optimizer_disc", "rng"} <= set(final)
     assert all_finite(final)
     # SGD momentum buffers exist for every trained parameter after 4 steps
@@ -586,7 +571,7 @@ def test_normalized_heads_start_at_the_source_median_and_keep_raw_units(data, ru
     assert float(net.depth_head.out_scale) == pytest.approx(median) and float(net.density_head.out_scale) == 255.0
     batch = next(stage1.sampled_batches(stage1.source_dataset(cfg, data), 2, 0, 0, 0, DistEnv()))
     with torch.no_grad():
-        out = net.train()(stage1.normalize(batch["image"], "light_resnet18"))
+        out = net.train()(batch["image"])
     assert float(out.depth.mean()) == pytest.approx(median, rel=0.05)  # starts at the source median
     assert abs(float(out.density.mean())) < 5.0
     train(cfg, data, runs)

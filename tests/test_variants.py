@@ -44,7 +44,7 @@ def test_advent_net_scores_layer4_and_adds_a_layer3_classifier(width):
         assert net(x, heads=("seg",)).aux is None
     w, h = output_grid(70, 45)
     assert out.seg.shape == out.aux.shape == (2, 5, h, w)
-    groups = net.param_groups(1.0, 10.0)
+    groups = net.param_groups(1.0, head_lr_mult=10.0)
     heads = {id(p) for p in groups[1]["params"]}
     assert heads == {id(p) for m in (net.seg_head, net.aux_head) for p in m.parameters()}
 
@@ -66,7 +66,7 @@ def test_dada_net_gates_the_features_with_its_depth_code():
         net.fusion.bias.add_(1.0)  # the segmentation reads the fused features, so the gate changes it
         assert not torch.allclose(net(x).seg, out.seg)
     assert net.fusion.in_channels == 128 and net.fusion.out_channels == net.backbone.out_channels
-    heads = {id(p) for p in net.param_groups(1.0, 10.0)[1]["params"]}
+    heads = {id(p) for p in net.param_groups(1.0, head_lr_mult=10.0)[1]["params"]}
     assert {id(p) for p in net.fusion.parameters()} <= heads and {id(p) for p in d.parameters()} <= heads
 
 

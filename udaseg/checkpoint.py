@@ -21,15 +21,13 @@ import torch
 from torch import nn
 
 from udaseg.config import Config, to_toml
-from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
-from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, TrainDir
+from udaseg.layout import TrainDir, checkpoint_kind, stage_tag
 from udaseg.model import channels_last, model_from_config
 from udaseg.model.deeplab import ABLATION_ARCHITECTURE, architecture_for
 
 CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
-# what wrote a checkpoint: train, self-train, or `udaseg import-model` (a published model)
-STAGES = ("stage1", "self_train", "imported")
 
 
 class CheckpointError(UdasegError):
@@ -40,7 +38,7 @@ def model_identity(config: Config) -> dict:
     """What a checkpoint must agree on with the recipe that loads it."""
     return {
         "protocol": config.experiment.protocol,
-        "num_classes": get_protocol(config.experiment.protocol).num_classes,
+        "num_classes": protocol_of(config).num_classes,
         "backbone": config.model.backbone,
         "widths": [config.model.light_width, config.model.head_channels],
         "architecture": architecture_for(config),
@@ -132,6 +130,7 @@ def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[
     model.load_state_dict(state["model"])
     model = channels_last(model.to(device), device)
     info = {k: state.get(k) for k in ("stage", "iteration", "protocol", "backbone", "num_classes")}
+    info["stage"] = stage_tag(info["stage"])
     info["architecture"] = checkpoint_architecture(state)
     if state.get("imported_from"):
         info["imported_from"] = dict(state["imported_from"])
@@ -140,11 +139,6 @@ def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[
     if state.get("loop"):  # the target-val selection the loop recorded (train.eval_every)
         info["selection"] = dict(state["loop"])
     return model.eval(), info
-
-
-def checkpoint_kind(path: str | Path) -> str:
-    """best / final / latest from the file name; "file" for any other checkpoint."""
-    return {CHECKPOINT_BEST: "best", CHECKPOINT_FINAL: "final", CHECKPOINT_LATEST: "latest"}.get(Path(path).name, "file")
 
 
 def pick_checkpoint(folder: TrainDir, kind: str) -> Path:

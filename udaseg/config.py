@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from udaseg.errors import ConfigError  # re-exported: callers import it from here
+
 Size = tuple[int, int]  # (width, height), the order image tools use
-
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the schema."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +34,9 @@ class DataConfig:
 
     root: str = ""  # data root of this recipe; --data-root and $UDASEG_DATA take precedence
     source_root: str = "SYNTHIA-RAND-CITYSCAPES"
-    source_format: Literal["synthia", "generic"] = "synthia"  # generic: see [generic]
+    source_format: str = "synthia"  # a name of udaseg.data.formats.FORMATS; generic: see [generic]
     target_root: str = "cityscapes"
-    target_format: Literal["cityscapes", "mapillary", "folder", "generic"] = "cityscapes"
+    target_format: str = "cityscapes"  # a name of udaseg.data.formats.FORMATS
     target_train_split: str = "train"
     target_val_split: str = "val"
     source_size: Size = (1280, 760)
@@ -52,7 +50,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18"] = "deeplabv2_resnet101"
+    backbone: str = "deeplabv2_resnet101"  # a name of udaseg.model.backbones.BACKBONES
     init_weights: str = ""  # a local file; nothing is downloaded
     light_width: int = 64  # base width of light_resnet18 (64 = ResNet-18)
     head_channels: int = 512  # hidden width of the depth and density heads (the paper's 512)
@@ -172,7 +170,6 @@ class PseudoLabelConfig:
     # area from thresholds_size to refine_size
     threshold_scaling: Literal["none", "area"] = "none"
     max_images: int = 0  # label (and self-train on) the first N target images by name; 0 = all
-    batch_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -183,14 +180,41 @@ class SelfTrainConfig:
     lr_horizon: int = 90_000
     eval_every: int = 1000  # as train.eval_every; 0 = off
     batch_size: int = 1
+    # keep stage 1's source losses (weighted CE + depth, with train.lambda_seg / lambda_dep,
+    # train.class_weights and train.batch_size_source images a step) beside the pseudo-label loss
     keep_source_loss: bool = False
     # refuse to start when the pseudo-labels keep less than this fraction of the target pixels
     # (a train checkpoint that is confident nowhere would train on an all-ignore loss of 0)
     min_kept_fraction: float = 0.005
+    # self-training's own optimizer (a fresh SGD from the train checkpoint) and logging; each key
+    # means what its [train] namesake means for stage 1, and the defaults are stage 1's
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9
+    head_lr_mult: float = 1.0
+    aux_head_lr_mult: float = 1.0
+    aux_head_decay_mult: float = 1.0
+    amp: bool = True
+    checkpoint_every: int = 2000
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Running a trained network: `eval`, `pseudolabel`, `predict` and the periodic target-val
+    scoring of the training stages read these; a command's flags (--workers, --batch-size,
+    --amp/--no-amp) override them for one call."""
+
+    amp: bool = True  # bf16 autocast on the GPU
+    batch_size: int = 4  # images per forward pass of pseudolabel and predict (scoring: eval.batch_size)
+    workers: int = 4  # DataLoader decoding processes
 
 
 @dataclass(frozen=True)
 class EvalConfig:
+    # images per forward pass when scoring: `eval` and the periodic target-val scoring, which runs
+    # beside the training state in memory (so the paper recipes keep it at 1)
     batch_size: int = 1
     num_figure_samples: int = 4
     # labels of a letterboxed target (data.target_fit): "input" = letterboxed like the image to the
@@ -249,6 +273,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     generic: GenericConfig = field(default_factory=GenericConfig)
@@ -309,11 +334,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 
+# Keys that moved to the section of the stage that reads them: new key -> the key it was. A recipe
+# written before (a checkpoint's embedded one) is read with `upgrade_recipe`; a recipe file that
+# still spells a removed key gets a one-line error naming the new one.
+SELF_TRAIN_OWN = ("lr", "momentum", "weight_decay", "power", "head_lr_mult", "aux_head_lr_mult",
+                  "aux_head_decay_mult", "amp", "checkpoint_every", "log_every")
+MOVED_KEYS: dict[str, str] = {
+    "inference.batch_size": "pseudolabel.batch_size",
+    "inference.workers": "data.num_workers",
+    "inference.amp": "train.amp",
+    **{f"self_train.{k}": f"train.{k}" for k in SELF_TRAIN_OWN},
+}
+REMOVED_KEYS = {"pseudolabel.batch_size": "inference.batch_size"}
+
+
+def upgrade_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict of an older udaseg in today's sections, meaning what it meant then."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for new, old in MOVED_KEYS.items():
+        (new_s, new_k), (old_s, old_k) = new.split("."), old.split(".")
+        if old_k in out.get(old_s, {}) and new_k not in out.get(new_s, {}):
+            out.setdefault(new_s, {})[new_k] = out[old_s][old_k]
+    for old in REMOVED_KEYS:
+        section, key = old.split(".")
+        out.get(section, {}).pop(key, None)
+    return out
+
+
 def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
+        moved = REMOVED_KEYS.get(f"{section}.{unknown[0]}")
+        if moved:
+            raise ConfigError(f"{section}.{unknown[0]} is now {moved}; move it to [{moved.split('.')[0]}]")
         raise ConfigError(f"unknown key {section}.{unknown[0]} (known keys of [{section}]: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     return cls(**kwargs)
@@ -339,9 +394,24 @@ def _positive_size(v) -> bool:
     return all(x > 0 for x in v)
 
 
+# The optimizer and cadence keys [train] and [self_train] both have, checked alike in each.
+_STAGE_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("lr", lambda v: v > 0, "> 0"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("weight_decay", lambda v: v >= 0, "≥ 0"),
+    ("power", lambda v: v >= 0, "≥ 0"),
+    ("head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
+    ("aux_head_lr_mult", lambda v: v > 0, "> 0"),
+    ("aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = {section}.weight_decay, 0 = no decay on the heads)"),
+    ("checkpoint_every", lambda v: v > 0, "> 0"),
+    ("log_every", lambda v: v > 0, "> 0"),
+)
+
 # (dotted key, check, what it must be): checked when a recipe is loaded, so a bad value stops
 # the run before any data is read
-RANGES: tuple[tuple[str, Any, str], ...] = (
+RANGES: tuple[tuple[str, Any, str], ...] = tuple(
+    (f"{section}.{key}", ok, what.format(section=section))
+    for section in ("train", "self_train") for key, ok, what in _STAGE_RANGES) + (
     ("experiment.seed", lambda v: v >= 0, "≥ 0"),
     ("data.source_size", _positive_size, "positive (width, height)"),
     ("data.target_size", _positive_size, "positive (width, height)"),
@@ -358,21 +428,12 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.iterations", lambda v: v > 0, "> 0"),
     ("train.batch_size_source", lambda v: v > 0, "> 0"),
     ("train.batch_size_target", lambda v: v > 0, "> 0"),
-    ("train.lr", lambda v: v > 0, "> 0"),
     ("train.lr_disc", lambda v: v > 0, "> 0"),
-    ("train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("train.weight_decay", lambda v: v >= 0, "≥ 0"),
-    ("train.power", lambda v: v >= 0, "≥ 0"),
     ("train.disc_width", lambda v: v > 0, "> 0"),
     ("train.lambda_seg_aux", lambda v: v >= 0, "≥ 0"),
     ("train.lambda_adv_aux", lambda v: v >= 0, "≥ 0"),
-    ("train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
-    ("train.aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = train.weight_decay, 0 = no decay on the heads)"),
     ("train.disc_betas", lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
-    ("train.checkpoint_every", lambda v: v > 0, "> 0"),
-    ("train.log_every", lambda v: v > 0, "> 0"),
     ("train.lr_horizon", lambda v: v >= 0, "≥ 0 (0 = train.iterations)"),
-    ("train.head_lr_mult", lambda v: v > 0, "> 0 (1 = one SGD group, the release)"),
     ("train.eval_every", lambda v: v >= 0, "≥ 0 (0 = off)"),
     ("pseudolabel.max_images", lambda v: v >= 0, "≥ 0 (0 = all)"),
     ("self_train.lr_horizon", lambda v: v >= 0, "≥ 0 (0 = self_train.iterations)"),
@@ -382,7 +443,8 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("pseudolabel.n_b1", lambda v: v >= 0, "≥ 0"),
     ("pseudolabel.thresholds_size", _positive_size, "positive (width, height)"),
     ("pseudolabel.refine_size", _positive_size, "positive (width, height)"),
-    ("pseudolabel.batch_size", lambda v: v > 0, "> 0"),
+    ("inference.batch_size", lambda v: v > 0, "> 0"),
+    ("inference.workers", lambda v: v >= 0, "≥ 0"),
     ("self_train.iterations", lambda v: v > 0, "> 0"),
     ("self_train.batch_size", lambda v: v > 0, "> 0"),
     ("self_train.min_kept_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -394,9 +456,7 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
 
 
 def validate(config: Config) -> None:
-    """Ranges and the class protocol, each a one-line ConfigError naming the key."""
-    from udaseg.data.protocols import PROTOCOLS  # data imports nothing of config; keep it lazy anyway
-
+    """Ranges, the table names and the class protocol, each a one-line ConfigError naming the key."""
     for dotted, ok, what in RANGES:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
@@ -406,11 +466,20 @@ def validate(config: Config) -> None:
     if config.eval.letterbox_labels == "native" and config.data.target_fit != "letterbox_top_left":
         raise ConfigError(f'eval.letterbox_labels = "native" pads the labels at the right / bottom, which fits only '
                           f'data.target_fit = "letterbox_top_left" (not {config.data.target_fit!r}); set one of them')
-    protocol = config.experiment.protocol
-    if config.protocol.classes or protocol not in PROTOCOLS:
-        from udaseg.data.recipe_protocol import register_recipe_protocol
+    _check_names(config)
+    from udaseg.data.recipe_protocol import protocol_of  # which imports no config: no circle
 
-        register_recipe_protocol(config)  # a [protocol] section: checked, then known by name
+    protocol_of(config)  # a [protocol] section is checked here, before any data is read
+
+
+def _check_names(config: Config) -> None:
+    """The dataset formats and the backbone are names of their tables (which import no config)."""
+    from udaseg.data.formats import source_format, target_format
+    from udaseg.model.backbones import backbone_spec
+
+    source_format(config)
+    target_format(config)
+    backbone_spec(config.model.backbone)
 
 
 def _check_schedules(config: Config) -> None:

@@ -28,7 +28,7 @@ from torch.utils.data import Sampler
 
 from udaseg.collapse import COLLAPSE_PREFIX, HEALTH_PREFIX, STAT_SUFFIXES, CollapseWatch
 from udaseg.checkpoint import check_compatible, checkpoint_dict, load_checkpoint, save_checkpoint
-from udaseg.config import Config, TrainConfig
+from udaseg.config import Config, SelfTrainConfig, TrainConfig
 from udaseg.data.build import make_loader
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM
@@ -192,11 +192,11 @@ def build_network(config: Config, num_classes: int, env: DistEnv, init_weights: 
     return channels_last(model, env.device)
 
 
-def build_sgd(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay: one group at `train.lr` (the release), or the heads apart at
-    `train.head_lr_mult` × it."""
+def build_sgd(model: nn.Module, t: TrainConfig | SelfTrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay from a stage's section ([train] or [self_train]): one group
+    at its `lr` (the release), or the heads apart at its `head_lr_mult` × it."""
     net = unwrap(model)
-    groups = net.param_groups(t.lr, t.head_lr_mult)
+    groups = net.param_groups(t.lr, head_lr_mult=t.head_lr_mult)
     if t.aux_head_lr_mult != 1.0 or t.aux_head_decay_mult != 1.0:
         groups = split_aux_heads(net, groups, t.head_lr_mult * t.aux_head_lr_mult, t.lr,
                                  t.weight_decay * t.aux_head_decay_mult)

@@ -8,3 +8,7 @@ class UdasegError(Exception):
 
 class DataError(UdasegError):
     """A dataset folder or file that is missing or not in the expected format."""
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema."""

@@ -34,7 +34,13 @@ from udaseg.errors import UdasegError
 from udaseg.grid import output_grid
 
 SCHEMA_NAME = "udaseg.gmm"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Fields version 2 added to version 1 (root attributes; classes/NN attributes; the optional
+# class_stats/target_* datasets, written when fit-gmm measured them).
+# udaseg wrote some of them while still calling the file version 1: such a file that holds every
+# one of them is read as version 2; a version-1 file without them has to be fitted again.
+V2_ROOT_ATTRS = ("squash_reference_scale", "squash_reference_grid", "invdepth_median", "num_images", "seed")
+V2_CLASS_ATTRS = ("n_points", "fallback", "converged")
 FEATURE_NAMES = ("column", "row", "inverse_depth")
 DEPTH_NUMERATOR = INVDEPTH_SCALE  # inverse depth = DEPTH_NUMERATOR / (centimetres + DEPTH_OFFSET_CM)
 DEPTH_OFFSET_CM = 1.0
@@ -264,11 +270,11 @@ class DepthGMM:
         return self.squash_log(self.log_pdf(feats, classes.detach())).to(_out_dtype(invdepth))
 
     def source_target(self, pred_classes: torch.Tensor, gt_labels: torch.Tensor, gt_invdepth: torch.Tensor,
-                      off_class: str = "zero") -> torch.Tensor:
+                      *, off_class: str) -> torch.Tensor:
         """D_s [B, h, w]: squash(p_ĉ(x, y, GT inverse depth)) where the GT class is ĉ; elsewhere
         (GT 255 included) 0 with `off_class="zero"` (the paper's formula), or squash(p_ĉ(x, y, 0))
         with `off_class="depth0"` — the release's maps, precomputed per class from the GT inverse
-        depth masked to the class (`train.d_s_off_class`).
+        depth masked to the class (`train.d_s_off_class`). Required: the paper and the release differ.
         """
         keep = gt_labels.to(pred_classes.device).long() == pred_classes.long()
         if off_class == "depth0":
@@ -280,10 +286,10 @@ class DepthGMM:
         return torch.where(keep, dens, torch.zeros_like(dens))
 
     def target_target(self, pred_classes: torch.Tensor, pred_invdepth: torch.Tensor,
-                      nonpositive: str = "pdf") -> torch.Tensor:
+                      *, nonpositive: str) -> torch.Tensor:
         """D_t [B, h, w]: squash(p_ĉ(x, y, predicted inverse depth)), inputs detached; where the
         predicted inverse depth is ≤ 0, that pdf with `nonpositive="pdf"` or 0 with "zero" (the
-        release, `train.d_t_nonpositive_depth`)."""
+        release, `train.d_t_nonpositive_depth`). Required: the paper and the release differ."""
         dens = self.density_map(pred_classes, pred_invdepth)
         if nonpositive == "zero":
             return torch.where(pred_invdepth.detach().to(dens.device) > 0, dens, torch.zeros_like(dens))
@@ -406,6 +412,13 @@ def load_gmm(path: str | Path, protocol: str | None = None, input_size: tuple[in
     return model
 
 
+def _absent_v2_fields(f) -> list[str]:
+    absent = [k for k in V2_ROOT_ATTRS if k not in f.attrs]
+    for where in sorted(f["classes"]) if "classes" in f else ():
+        absent += [f"classes/{where}.{k}" for k in V2_CLASS_ATTRS if k not in f[f"classes/{where}"].attrs]
+    return absent
+
+
 def _read(f, path: Path) -> DepthGMM:
     a = f.attrs
     missing = [k for k in _REQUIRED_ATTRS if k not in a]
@@ -414,9 +427,14 @@ def _read(f, path: Path) -> DepthGMM:
     if missing:
         raise UdasegError(f"{path}: not a udaseg GMM file (attribute {missing[0]!r} missing); {_FIX}")
     version = int(a["schema_version"])
-    if version != SCHEMA_VERSION:
-        newer = "a newer" if version > SCHEMA_VERSION else "an older"
-        raise UdasegError(f"{path}: schema version {version}, written by {newer} udaseg (this one reads {SCHEMA_VERSION}); {_FIX}")
+    if version > SCHEMA_VERSION or version < 1:
+        raise UdasegError(f"{path}: schema version {version}, written by a newer udaseg (this one reads versions 1 "
+                          f"and {SCHEMA_VERSION}); update udaseg, or {_FIX}")
+    absent = _absent_v2_fields(f)
+    if absent:
+        raise UdasegError(f"{path}: schema version {version} without {', '.join(absent[:4])}"
+                          f"{' ...' if len(absent) > 4 else ''} (fields of version {SCHEMA_VERSION}); "
+                          + ("an older udaseg wrote it; " if version < SCHEMA_VERSION else "") + _FIX)
     cov_type = _str(a["covariance_type"])
     if cov_type not in COVARIANCE_TYPES:
         raise UdasegError(f"{path}: unknown covariance type {cov_type!r}; {_FIX}")
@@ -443,8 +461,8 @@ def _read(f, path: Path) -> DepthGMM:
             raise UdasegError(f"{path}: {where} holds malformed parameters (K={k}, means {mu.shape}, covariances {cov.shape}); {_FIX}")
         if not np.isclose(w.sum(), 1.0, atol=1e-6) or np.any(w < 0):
             raise UdasegError(f"{path}: {where}/weights do not sum to 1; {_FIX}")
-        gmms.append(ClassGMM(w, mu, cov, int(grp.attrs.get("n_points", 0)), _str(grp.attrs.get("fallback", "none")),
-                             bool(grp.attrs.get("converged", True))))
+        gmms.append(ClassGMM(w, mu, cov, int(grp.attrs["n_points"]), _str(grp.attrs["fallback"]),
+                             bool(grp.attrs["converged"])))
     grid = tuple(int(v) for v in a["grid_size"])
     stats = {key: np.asarray(f[f"class_stats/{key}"][()], dtype=np.float64) for key in TARGET_STATS
              if f"class_stats/{key}" in f}
@@ -452,8 +470,8 @@ def _read(f, path: Path) -> DepthGMM:
         protocol=_str(a["protocol"]), class_names=names, gmms=gmms, covariance_type=cov_type,
         grid_size=grid, input_size=tuple(int(v) for v in a["input_size"]),
         pixel_counts=counts, squash_scale=float(a["squash_scale"]), squash_max=float(a["squash_max"]),
-        squash_reference_scale=float(a.get("squash_reference_scale", a["squash_scale"])),
-        squash_reference_grid=tuple(int(v) for v in a.get("squash_reference_grid", grid)),
-        invdepth_median=float(a.get("invdepth_median", float("nan"))), target_stats=stats,
-        num_images=int(a.get("num_images", 0)), seed=int(a.get("seed", 0)), config_toml=_str(f["config"][()]),
+        squash_reference_scale=float(a["squash_reference_scale"]),
+        squash_reference_grid=tuple(int(v) for v in a["squash_reference_grid"]),
+        invdepth_median=float(a["invdepth_median"]), target_stats=stats,
+        num_images=int(a["num_images"]), seed=int(a["seed"]), config_toml=_str(f["config"][()]),
     )

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from udaseg.config import Config, ConfigError, config_from_dict, load_config
+from udaseg.config import Config, ConfigError, config_from_dict, load_config, upgrade_recipe
 from udaseg.data.depth import INVDEPTH_SCALE
 from udaseg.data.protocols import IGNORE, Protocol
 
@@ -39,7 +39,7 @@ def config_for_checkpoint(checkpoint: Path, recipe: Path | None, overrides: list
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{checkpoint}: the checkpoint embeds no recipe; pass --config with the recipe it was trained with")
     try:
-        config = config_from_dict(tomllib.loads(text))
+        config = config_from_dict(upgrade_recipe(tomllib.loads(text)))  # an older udaseg's recipe, too
     except (tomllib.TOMLDecodeError, ConfigError) as err:
         raise ConfigError(f"{checkpoint}: its embedded recipe does not fit this udaseg ({err}); "
                           "pass --config with the recipe it was trained with") from None
@@ -103,11 +103,9 @@ class InferenceNet(nn.Module):
     `depth` [B, 1, H, W] in metres (0 = no prediction).
     """
 
-    def __init__(self, net: nn.Module, backbone: str, with_depth: bool = False):
+    def __init__(self, net: nn.Module, with_depth: bool = False):
         super().__init__()
-        from udaseg.model import input_normalization
-
-        norm = input_normalization(backbone)
+        norm = net.spec.normalization
         if with_depth and "depth" not in net.heads:
             from udaseg.errors import UdasegError
 

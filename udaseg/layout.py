@@ -39,7 +39,27 @@ PSEUDO_COLOR = "color"
 STATS_FILE = "stats.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
+CONFUSION_PLOT = "confusion.png"
+SAMPLES_PLOT = "samples.png"
 STAGE1_EVAL = "stage1"
+EXPORT_DIR = "export"
+EXPORT_SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}  # `udaseg export --format`
+
+# A training stage's tag, in its checkpoints and its folder's name: one name per stage.
+STAGE_TRAIN = "train"
+STAGE_SELF_TRAIN = "self_train"
+STAGE_IMPORTED = "imported"  # a published model read by `udaseg import-model`
+_STAGE_ALIASES = {"stage1": STAGE_TRAIN}  # the tag checkpoints of udaseg before 0.x carried
+
+
+def stage_tag(tag: str | None) -> str | None:
+    """A checkpoint's stage tag in today's spelling (an older checkpoint says "stage1" for train)."""
+    return _STAGE_ALIASES.get(tag, tag) if tag is not None else None
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """best / final / latest from a checkpoint's file name; "file" for any other checkpoint."""
+    return {CHECKPOINT_BEST: "best", CHECKPOINT_FINAL: "final", CHECKPOINT_LATEST: "latest"}.get(Path(path).name, "file")
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,12 @@ class RunLayout:
     def for_config(cls, config: Config, runs: str | Path | None = None) -> "RunLayout":
         return cls(runs_root(runs) / config.experiment.name)
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> "RunLayout":
+        """The run a checkpoint sits in: `<run>/train/x.pt` or `<run>/self_train/x.pt` -> `<run>`
+        (a link is followed to the run it points into)."""
+        return cls(Path(checkpoint).resolve().parent.parent)
+
     @property
     def gmm_dir(self) -> Path:
         return self.root / "gmm"
@@ -108,11 +134,11 @@ class RunLayout:
 
     @property
     def train(self) -> TrainDir:
-        return TrainDir(self.root / "train")
+        return TrainDir(self.root / STAGE_TRAIN)
 
     @property
     def self_train(self) -> TrainDir:
-        return TrainDir(self.root / "self_train")
+        return TrainDir(self.root / STAGE_SELF_TRAIN)
 
     @property
     def train_dir(self) -> Path:
@@ -146,6 +172,10 @@ class RunLayout:
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    def export_file(self, fmt: str) -> Path:
+        """export/model.onnx or export/model.torchscript.pt (the sidecar: the same name + .json)."""
+        return self.root / EXPORT_DIR / f"model{EXPORT_SUFFIXES[fmt]}"
 
     def eval_dir_for(self, checkpoint: Path, name: str | None = None) -> tuple[Path, str | None]:
         """eval/ for the run's last model; eval/<name>/ when named. A train checkpoint of a run that

@@ -30,8 +30,9 @@ from torch import nn
 
 from udaseg.checkpoint import checkpoint_dict, save_checkpoint
 from udaseg.config import Config
-from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
+from udaseg.layout import STAGE_IMPORTED
 from udaseg.model import Discriminator, model_from_config
 from udaseg.model.advent import AdventDiscriminators
 from udaseg.model.deeplab import ABLATION_ARCHITECTURE
@@ -163,7 +164,7 @@ def map_release_state(state: dict[str, torch.Tensor], fmt: ReleaseFormat, net: n
     if extra:
         raise UdasegError(f"{path}: key {extra[0]!r}{_also(len(extra) - 1)} has no place in {fmt.description}{other}")
     seg = state.get(fmt.seg_key)
-    classes = get_protocol(config.experiment.protocol).num_classes
+    classes = protocol_of(config).num_classes
     if seg is not None and seg.ndim == 4 and seg.shape[0] != classes:
         raise UdasegError(f"{path}: {fmt.seg_key!r} has {seg.shape[0]} classes, the recipe's protocol "
                           f"{config.experiment.protocol} has {classes}; pass the recipe of the setting it was trained for "
@@ -241,7 +242,7 @@ def import_release(path: Path, fmt_name: str, config: Config, out: Path, discrim
     if out.resolve() == path.resolve():
         raise UdasegError(f"--out {out}: is the release file itself; write the udaseg checkpoint elsewhere")
     config = recipe_for(config, fmt)
-    num_classes = get_protocol(config.experiment.protocol).num_classes
+    num_classes = protocol_of(config).num_classes
     torch.manual_seed(0)  # fresh modules (an ADVENT aux head the file lacks) are reproducible
     net = model_from_config(config.model, num_classes, architecture=fmt.architecture)
     mapped, dropped, fresh = map_release_state(read_release_state(path, f"{fmt.name} model"), fmt, net, path, config)
@@ -263,6 +264,6 @@ def import_release(path: Path, fmt_name: str, config: Config, out: Path, discrim
         extra["disc"] = discs.state_dict()
     provenance = {"format": fmt.name, "file": path.name, "sha256": sha256_file(path), "dropped": dropped,
                   "fresh": fresh, "discriminator": loaded_discs}
-    state = checkpoint_dict(config, "imported", 0, net, imported_from=provenance, **extra)
+    state = checkpoint_dict(config, STAGE_IMPORTED, 0, net, imported_from=provenance, **extra)
     save_checkpoint(out, state)
     return ImportResult(out, fmt.architecture, config.train.ablation, dropped, fresh, loaded_discs)

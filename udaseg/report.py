@@ -1,5 +1,6 @@
-"""What `udaseg eval` shows a person: the paper's tables with this run beside them, figures,
-and a comparison of several runs (ablations, seeds) as mean ± std.
+"""What `udaseg eval` shows a person: the paper's tables with this run beside them (markdown and
+console), the depth and head-output summaries, and the figures (confusion.png, samples.png).
+Several runs side by side, mean ± std over seeds, is `udaseg compare` (udaseg/pipeline/compare.py).
 
 Paper rows are the published numbers of the paper's Table 1 (SYNTHIA→Cityscapes 16) and
 Table 2 (SYNTHIA→Cityscapes 7 / SYNTHIA→Mapillary 7, at 320×640 and full resolution), as
@@ -20,7 +21,7 @@ import numpy as np
 
 from udaseg.data.pngio import atomic_write_bytes
 from udaseg.data.protocols import Protocol
-from udaseg.layout import CONFIG_FILE, REPORT_FILE, SUMMARY_FILE
+from udaseg.layout import CONFIG_FILE, CONFUSION_PLOT, REPORT_FILE, SAMPLES_PLOT, SUMMARY_FILE
 from udaseg.metrics import DEPTH_METRICS
 
 # ----------------------------------------------------------------------------- paper numbers
@@ -339,9 +340,9 @@ def write_artifacts(out_dir: Path, summary: dict, samples, protocol: Protocol, c
     put(SUMMARY_FILE, summary_json(summary).encode())
     put(CONFIG_FILE, config_toml.encode())
     if figures:
-        put("confusion.png", confusion_png(np.asarray(summary["confusion_matrix"]), summary["classes"]))
+        put(CONFUSION_PLOT, confusion_png(np.asarray(summary["confusion_matrix"]), summary["classes"]))
         if samples:
-            put("samples.png", samples_png(samples, protocol))
+            put(SAMPLES_PLOT, samples_png(samples, protocol))
     names = [p.name for p in written] + [REPORT_FILE]
     put(REPORT_FILE, markdown_report(summary, names).encode())
     return written

@@ -27,10 +27,10 @@ from udaseg.config import Config
 from udaseg.data.base import ASPECT
 from udaseg.data.build import source_dataset, source_root, target_dataset, target_root
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, MIN_DEPTH_M, invdepth_to_metres
-from udaseg.data.synthia import DEPTH_DIRS, find_subdir
+from udaseg.data.formats import source_format, target_format
 from udaseg.errors import UdasegError
 from udaseg.metrics import DEPTH_METRICS, confusion_matrix, depth_metrics_per_image, iou_from_confusion, mean_iou
-from udaseg.model import autocast, channels_last, normalize, upsample
+from udaseg.model import autocast, channels_last, upsample
 from udaseg.progress import progress_bar
 
 
@@ -40,7 +40,7 @@ from udaseg.progress import progress_bar
 @dataclass(frozen=True)
 class EvalData:
     dataset: Dataset
-    name: str  # synthia | cityscapes | mapillary
+    name: str  # the dataset format (udaseg.data.formats)
     split: str
     has_depth: bool
     label_resolution: str  # "native" or "<data.target_fit> WxH" (letterboxed, scored at the input size)
@@ -49,13 +49,14 @@ class EvalData:
 def eval_data(config: Config, split: str, root: str | Path | None = None, source: bool = False) -> EvalData:
     """The labelled images to score, with depth ground truth where the dataset has it."""
     if source:
-        if config.data.source_format == "generic":
-            has_depth = (source_root(config, root) / config.generic.depth_dir).is_dir()
-        else:
-            has_depth = find_subdir(source_root(config, root), DEPTH_DIRS) is not None
+        spec = source_format(config)
+        has_depth = spec.has_depth(config, source_root(config, root), "all", "source")
         ds = source_dataset(config, root, label_size=None, load_depth=has_depth)
-        return EvalData(ds, config.data.source_format, "all", has_depth, "native")
-    fmt = config.data.target_format
+        return EvalData(ds, spec.name, "all", has_depth, "native")
+    spec = target_format(config)
+    if not spec.has_labels:
+        raise UdasegError(f"data.target_format={spec.name!r} has no labels to evaluate against; "
+                          "evaluate a labelled target format, or pass --source")
     # a letterboxed target (data.target_fit) is scored at the input size, padding ignored, as the
     # model saw it (the release's Mapillary protocol); a stretched one at the labels' own resolution
     size = config.data.target_size
@@ -64,19 +65,10 @@ def eval_data(config: Config, split: str, root: str | Path | None = None, source
     label_size = (ASPECT if native else size) if boxed else None
     resolution = ("native, padded to the input's aspect" if native else f"{config.data.target_fit} {size[0]}x{size[1]}") \
         if boxed else "native"
-    if fmt == "cityscapes":
-        base = target_root(config, root)
-        has_depth = (base / "disparity" / split).is_dir() and (base / "camera" / split).is_dir()
-        ds = target_dataset(config, split, root, labels=True, label_size=label_size, load_depth=has_depth)
-        return EvalData(ds, "cityscapes", split, has_depth, resolution)
-    if fmt == "mapillary":
-        ds = target_dataset(config, split, root, labels=True, label_size=label_size)
-        return EvalData(ds, "mapillary", split, False, resolution)
-    if fmt == "generic":  # own labelled target: <target_root>/<split>/{images,labels}
-        ds = target_dataset(config, split, root, labels=True, label_size=label_size)
-        return EvalData(ds, "generic", split, False, resolution)
-    raise UdasegError(f"data.target_format={fmt!r} has no labels to evaluate against; "
-                      "evaluate a cityscapes or mapillary target, or pass --source")
+    has_depth = spec.has_depth(config, target_root(config, root), split, "target")
+    depth = {"load_depth": True} if has_depth else {}
+    ds = target_dataset(config, split, root, labels=True, label_size=label_size, **depth)
+    return EvalData(ds, spec.name, split, has_depth, resolution)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -137,7 +129,7 @@ def figure_indices(num_images: int, k: int) -> list[int]:
 
 
 @torch.inference_mode()
-def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backbone: str, device: torch.device,
+def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
                    *, depth: bool = False, amp: bool = True, sample_indices: Sequence[int] = (),
                    depth_range: tuple[float, float] = (MIN_DEPTH_M, MAX_DEPTH_M), progress: bool = True,
                    total: int | None = None, baseline_invdepth: float | None = None) -> EvalOutcome:
@@ -172,7 +164,7 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
                 heads.append("depth")
             if wanted:
                 heads.append("density")
-            x = channels_last(normalize(images, backbone), device)
+            x = channels_last(images, device)
             with autocast(device, amp):
                 out = model(x, heads=tuple(heads))
 
@@ -259,8 +251,8 @@ class ValScorer:
         """mIoU in [0, 1] (`iteration` is only for the log's sake of callers)."""
         was_training = self.model.training
         try:
-            outcome = run_evaluation(self.model, self.loader, self.num_classes, self.config.model.backbone, self.device,
-                                     amp=self.config.train.amp, progress=False, total=self.total)
+            outcome = run_evaluation(self.model, self.loader, self.num_classes, self.device,
+                                     amp=self.config.inference.amp, progress=False, total=self.total)
         finally:
             self.model.train(was_training)
         return mean_iou(iou_from_confusion(outcome.confusion))

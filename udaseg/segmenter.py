@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from udaseg.config import Config
-from udaseg.data.protocols import Protocol, get_protocol
+from udaseg.data.protocols import Protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
+from udaseg.layout import STAGE_IMPORTED, STAGE_TRAIN, stage_tag
 
 DENSITY_ABLATIONS = ("m2",)  # train.ablation values whose stage 1 trains the density head
 
@@ -115,9 +117,9 @@ def density_trained(stage: str | None, config: Config) -> bool:
     """Whether the checkpoint's density head was trained with its backbone: stage 1 of an ablation
     that has the density losses. Self-training moves the backbone but not the density head, and
     the other ablations never train it, so their density maps mean nothing."""
-    if stage == "imported":  # a released stage-1 model (the authors' M1 / M2-S5 ...): its recipe says
+    if stage_tag(stage) == STAGE_IMPORTED:  # a released stage-1 model (the authors' M1, M2-S5 ...): its recipe says
         return getattr(config.train, "ablation", "m2") in DENSITY_ABLATIONS
-    return stage == "stage1" and getattr(config.train, "ablation", "m2") in DENSITY_ABLATIONS
+    return stage_tag(stage) == STAGE_TRAIN and getattr(config.train, "ablation", "m2") in DENSITY_ABLATIONS
 
 
 def as_image(image: Any, what: str = "image") -> torch.Tensor:
@@ -166,7 +168,7 @@ class Segmenter:
                  input_size: tuple[int, int] | None = None, amp: bool = True, batch_size: int = 4,
                  prior: SpatialPrior | None = None):
         self.model, self.config, self.info, self.device = model, config, info, device
-        self.protocol = get_protocol(config.experiment.protocol)
+        self.protocol = protocol_of(config)
         self.transform = InputTransform(tuple(input_size or config.data.target_size),
                                         getattr(config.data, "target_fit", "stretch"))
         self.amp, self.batch_size, self.prior = amp, batch_size, prior
@@ -195,7 +197,7 @@ class Segmenter:
             config = config.with_overrides(dict(map(parse_override, overrides)))
         dev = pick_device(device)
         model, info = load_model(path, config, dev)
-        protocol = get_protocol(config.experiment.protocol)
+        protocol = protocol_of(config)
         prior = SpatialPrior.from_gmm(refine_gmm, config, protocol) if refine_gmm is not None else None
         return cls(model, config, {**info, "path": str(path)}, dev, input_size, amp, batch_size, prior)
 
@@ -234,11 +236,11 @@ class Segmenter:
     def _predict_batch(self, chunk: list[Prepared], heads: tuple[str, ...]) -> list[Prediction]:
         """One forward pass, then each image's maps at its own resolution, as host arrays."""
         from udaseg.data.depth import invdepth_to_metres
-        from udaseg.model import autocast, channels_last, normalize
+        from udaseg.model import autocast, channels_last
 
         dev = self.device
         inputs = torch.stack([p.input for p in chunk]).to(dev, non_blocking=True)
-        x = channels_last(normalize(inputs, self.config.model.backbone), dev)
+        x = channels_last(inputs, dev)  # the network normalises for its backbone
         with autocast(dev, self.amp):
             out = self.model(x, heads=heads)
         preds = []

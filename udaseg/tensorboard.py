@@ -92,19 +92,19 @@ class TensorBoardLogger:
     @torch.no_grad()
     def _panels(self, samples: list[dict]) -> list[np.ndarray]:
         from udaseg.data.palette import colorize
-        from udaseg.data.protocols import get_protocol
+        from udaseg.data.recipe_protocol import protocol_of
         from udaseg.engine import unwrap
         from udaseg.inference import colorize_depth
-        from udaseg.model import autocast, channels_last, normalize, upsample
+        from udaseg.model import autocast, channels_last, upsample
 
-        protocol = get_protocol(self.config.experiment.protocol)
+        protocol = protocol_of(self.config)
         net = unwrap(self.model)
         modes = [(m, m.training) for m in net.modules()]
         net.eval()  # running statistics, no updates; restored below so training is unchanged
         try:
             images = torch.stack([s["image"] for s in samples]).to(self.device)
-            x = channels_last(normalize(images, self.config.model.backbone), self.device)
-            with autocast(self.device, self.config.train.amp):
+            x = channels_last(images, self.device)
+            with autocast(self.device, self.config.inference.amp):
                 out = net(x, heads=("seg", "depth"))
             hw = tuple(images.shape[-2:])
             pred = upsample(out.seg, hw).argmax(1).to(torch.uint8).cpu().numpy()
@@ -134,6 +134,6 @@ def tensorboard_observer(config: Config, folder: Path, env, model: torch.nn.Modu
         return None
     if not tensorboard_available():
         return None
-    from udaseg.layout import TENSORBOARD_DIR
+    from udaseg.layout import TrainDir
 
-    return TensorBoardLogger(Path(folder) / TENSORBOARD_DIR, config, model, env.device, root, start_iteration)
+    return TensorBoardLogger(TrainDir(Path(folder)).tensorboard, config, model, env.device, root, start_iteration)

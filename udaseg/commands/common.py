@@ -32,7 +32,7 @@ RunsRootOption = Annotated[
 ]
 
 DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
-WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers).")]
+WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader workers (overrides data.num_workers when training, inference.workers for eval and pseudolabel).")]
 
 
 def resolve_config(config: Path | None, overrides: list[str] | None) -> Config:

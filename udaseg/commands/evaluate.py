@@ -36,7 +36,7 @@ def evaluate(
     samples.png and config.toml. `udaseg compare A/summary.json B/summary.json ...` puts several runs in
     one table.
     """
-    from udaseg.layout import RunLayout
+    from udaseg.layout import SUMMARY_FILE, RunLayout
     from udaseg.pipeline.evaluate import evaluate_checkpoint, resolve_checkpoint
     from udaseg.report import checkpoint_line, console_table
 
@@ -56,4 +56,4 @@ def evaluate(
     console.print("written:", highlight=False)
     for path in run.files:
         console.print(f"  {path}", highlight=False)
-    next_step(f"udaseg compare {out / 'summary.json'} <other runs' eval/summary.json ...>")
+    next_step(f"udaseg compare {out / SUMMARY_FILE} <other runs' eval/{SUMMARY_FILE} ...>")

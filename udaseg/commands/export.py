@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import ConfigOption, DataRootOption, RunsRootOption, SetOption, console, fail, user_errors
-from udaseg.commands.predict import parse_size, resolve_checkpoint
-
-SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
+from udaseg.commands.predict import checkpoint_and_recipe, parse_size
 
 
 def default_verify_image(cfg, data_root) -> Path | None:
@@ -52,9 +50,9 @@ def export(
 
     if format not in FORMATS:
         fail(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
-    ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
+    ckpt, cfg = checkpoint_and_recipe(checkpoint, config, set_, runs_root)
     if out is None:
-        out = RunLayout.for_config(cfg, runs_root).root / "export" / f"model{SUFFIX[format]}"
+        out = RunLayout.for_config(cfg, runs_root).export_file(format)
     image = verify_image or default_verify_image(cfg, data_root)
     if image is None:
         fail("no verification image: pass --verify-image PATH (a real photo, e.g. a Cityscapes frame), or "

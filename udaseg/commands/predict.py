@@ -26,7 +26,7 @@ def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
     return None  # unreachable
 
 
-def resolve_checkpoint(checkpoint: Path | None, config: Path | None, overrides, runs_root):
+def checkpoint_and_recipe(checkpoint: Path | None, config: Path | None, overrides, runs_root):
     """(checkpoint, recipe): --checkpoint with --config or its embedded recipe; or the recipe's last checkpoint."""
     from udaseg.inference import config_for_checkpoint
 
@@ -59,11 +59,11 @@ def predict(
     gmm: Annotated[Optional[Path], typer.Option(help="gmm.h5 for --refine's class frequencies (default: the run's gmm/gmm.h5).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist (default: skip them).")] = False,
     video_out: Annotated[bool, typer.Option("--video-out", help="For video inputs also write video/<name>.mp4 of the overlay.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (default: the recipe's inference.batch_size).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Network input WIDTHxHEIGHT (default: the recipe's data.target_size).")] = None,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on the GPU.")] = True,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast on the GPU (default: the recipe's inference.amp).")] = None,
     device: DeviceOption = None,
-    workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = 2,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding worker processes (default: the recipe's inference.workers).")] = None,
 ) -> None:
     """Apply a trained model to any images: class PNGs, colours, overlays, optionally label ids, depth and confidence.
 
@@ -73,10 +73,13 @@ def predict(
     """
     from udaseg.pipeline.predict import PredictOptions, run_predict
 
-    ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
+    ckpt, cfg = checkpoint_and_recipe(checkpoint, config, set_, runs_root)
+    inf = cfg.inference  # the flags override the recipe's [inference] for this call
     options = PredictOptions(color=color, labelids=labelids, depth=depth, confidence=confidence, refine=refine,
-                             overwrite=overwrite, video_out=video_out, batch_size=batch_size,
-                             input_size=parse_size(input_size, "--input-size"), amp=amp, workers=workers)
+                             overwrite=overwrite, video_out=video_out,
+                             batch_size=inf.batch_size if batch_size is None else batch_size,
+                             input_size=parse_size(input_size, "--input-size"),
+                             amp=inf.amp if amp is None else amp, workers=inf.workers if workers is None else workers)
     result = run_predict(cfg, ckpt, inputs, out, options, device=device, gmm=gmm, runs=runs_root)
     line = f"predicted {result.written} image(s)"
     if result.videos:

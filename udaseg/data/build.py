@@ -8,12 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from udaseg.config import Config, data_root, resolve_under
-from udaseg.data.cityscapes import CityscapesDataset
-from udaseg.data.folder import ImageFolderDataset
-from udaseg.data.generic import GenericDataset, generic_split_root
-from udaseg.data.mapillary import MapillaryDataset
-from udaseg.data.protocols import get_protocol
-from udaseg.data.synthia import SynthiaDataset
+from udaseg.data.formats import source_format, target_format
+from udaseg.data.recipe_protocol import protocol_of
 
 
 def source_root(config: Config, root: str | Path | None = None) -> Path:
@@ -27,13 +23,8 @@ def target_root(config: Config, root: str | Path | None = None) -> Path:
 def source_dataset(config: Config, root: str | Path | None = None, **kwargs) -> Dataset:
     """The labelled source set (with depth) at the recipe's source size (kwargs pass through)."""
     kwargs.setdefault("size", config.data.source_size)
-    fmt = config.data.source_format
-    if fmt == "synthia":
-        return SynthiaDataset(source_root(config, root), get_protocol(config.experiment.protocol), **kwargs)
-    if fmt == "generic":
-        return GenericDataset(source_root(config, root), get_protocol(config.experiment.protocol).source_lut,
-                              config.generic, **kwargs)
-    raise ValueError(f"unknown data.source_format {fmt!r}")  # the config schema lists the formats
+    return source_format(config).source(config, source_root(config, root), protocol_of(config),
+                                        **kwargs)
 
 
 def target_dataset(config: Config, split: str, root: str | Path | None = None, labels: bool = False,
@@ -41,20 +32,8 @@ def target_dataset(config: Config, split: str, root: str | Path | None = None, l
     """The target set of the recipe; `labels=True` for evaluation (needs ground truth)."""
     kwargs.setdefault("size", config.data.target_size)
     kwargs.setdefault("fit", config.data.target_fit)  # one geometry for every stage (train, pseudolabel, eval)
-    protocol = get_protocol(config.experiment.protocol)
-    path = target_root(config, root)
-    fmt = config.data.target_format
-    if fmt == "cityscapes":
-        return CityscapesDataset(path, split, protocol, load_label=labels, **kwargs)
-    if fmt == "mapillary":
-        return MapillaryDataset(path, split, protocol, load_label=labels, **kwargs)
-    if fmt == "generic":  # labels only where asked for (evaluation); depth only where asked for
-        kwargs.setdefault("load_depth", False)
-        return GenericDataset(generic_split_root(path, split, config.generic), protocol.target_lut, config.generic,
-                              load_label=labels, **kwargs)
-    kwargs.pop("label_size", None)
-    kwargs.pop("load_depth", None)
-    return ImageFolderDataset(path / split if (path / split).is_dir() else path, **kwargs)
+    return target_format(config).target(config, target_root(config, root), split,
+                                        protocol_of(config), labels, **kwargs)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,

@@ -17,15 +17,18 @@ inverse depth 65536 / (cm + 1), 0 = no depth, like SYNTHIA and Cityscapes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from udaseg.config import GenericConfig
 from udaseg.data.base import SampleFiles, SegmentationDataset, read_channel, require_dir, sorted_files
 from udaseg.data.depth import INVDEPTH_SCALE
 from udaseg.data.pngio import ImageFileError, read_png_raw
 from udaseg.errors import DataError
+
+if TYPE_CHECKING:
+    from udaseg.config import GenericConfig
 
 IMAGE_PATTERNS = ("**/*.png", "**/*.jpg", "**/*.jpeg", "**/*.PNG", "**/*.JPG", "**/*.JPEG")
 DEPTH_SUFFIXES = (".png", ".npy")

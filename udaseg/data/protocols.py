@@ -51,6 +51,7 @@ class Protocol:
     palette: np.ndarray | None = None  # [C, 3] uint8 class colours; None = udaseg.data.palette's defaults
     ignore_ids: tuple[int, ...] = ()  # raw ids that are ignore on purpose (check-data does not flag them)
     recipe: bool = False  # defined by a recipe's [protocol] section (udaseg.data.recipe_protocol)
+    source_dataset: str = "synthia"  # the source format whose raw ids source_lut maps
 
     @property
     def num_classes(self) -> int:
@@ -94,14 +95,11 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-# Protocols defined by a recipe's [protocol] section, registered by name when the recipe is
-# loaded (`udaseg.config.validate`), so every stage finds them like the built-in ones.
-RECIPE_PROTOCOLS: dict[str, Protocol] = {}
-
-
 def get_protocol(name: str) -> Protocol:
+    """A built-in protocol by name. A recipe's protocol (built in or its own [protocol] section):
+    `udaseg.data.recipe_protocol.protocol_of(config)`."""
     try:
-        return PROTOCOLS[name] if name in PROTOCOLS else RECIPE_PROTOCOLS[name]
+        return PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown class protocol {name!r}; choose one of {sorted(PROTOCOLS)} "
-                         "or define it in the recipe's [protocol] section") from None
+        raise ValueError(f"unknown built-in class protocol {name!r}; choose one of {sorted(PROTOCOLS)} "
+                         "(a recipe's own protocol: protocol_of(config))") from None

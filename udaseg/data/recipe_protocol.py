@@ -11,18 +11,27 @@
     miou_star = ["flat", "building", "vehicle"]       # optional subset scored as mIoU*
 
 An empty id list means the label files already hold class indices 0..C-1 (255 = ignore).
-`register_recipe_protocol` checks the section (each problem a one-line ConfigError naming the
-key) and registers the protocol under its name, so `get_protocol(name)` — which every stage
-calls — finds it like a built-in one. The same recipe gives the same protocol, so a checkpoint's
-embedded recipe brings its protocol with it.
+
+`protocol_of(config)` is every stage's one way to a recipe's Protocol: a built-in one by name, or
+the one its [protocol] section describes (each problem a one-line ConfigError naming the key). It
+is a pure function of the recipe, cached, with no registry: two recipes that give one protocol
+name different classes keep their own, and a checkpoint's embedded recipe brings its protocol
+with it. This module reads the config's types only for annotations, so `udaseg.config` can check
+a recipe's protocol when it is loaded without an import circle.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from udaseg.config import Config, ConfigError, ProtocolConfig
-from udaseg.data.protocols import IGNORE, PROTOCOLS, RECIPE_PROTOCOLS, Protocol
+from udaseg.data.protocols import IGNORE, PROTOCOLS, Protocol
+from udaseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from udaseg.config import Config, ProtocolConfig
 
 MAX_CLASSES = 255  # class indices are uint8 and 255 is ignore
 
@@ -88,11 +97,16 @@ def protocol_from_section(name: str, section: ProtocolConfig, target_format: str
                     tuple(section.ignore_ids), recipe=True)
 
 
-def register_recipe_protocol(config: Config) -> Protocol:
-    """Check the recipe's [protocol] section and make it known by `experiment.protocol`."""
-    protocol = protocol_from_section(config.experiment.protocol, config.protocol, config.data.target_format)
-    RECIPE_PROTOCOLS[protocol.name] = protocol
-    return protocol
+def protocol_of(config: Config) -> Protocol:
+    """The class protocol of a recipe: `experiment.protocol` built in, or its [protocol] section."""
+    return _protocol(config.experiment.protocol, config.protocol, config.data.target_format)
+
+
+@functools.lru_cache(maxsize=64)
+def _protocol(name: str, section: ProtocolConfig, target_format: str) -> Protocol:
+    if name in PROTOCOLS and not section.classes:
+        return PROTOCOLS[name]
+    return protocol_from_section(name, section, target_format)
 
 
 def known_raw_ids(protocol: Protocol, side: str) -> set[int]:

@@ -6,7 +6,8 @@ from udaseg.model.deeplab import (ARCHITECTURES, SegDepthNet, SegDepthOutput, ar
                                   model_from_config)
 from udaseg.model.discriminator import Discriminator
 from udaseg.model.ops import autocast, channels_last, to_grid, upsample
-from udaseg.model.preprocess import InputNormalization, input_normalization, normalize
+from udaseg.model.backbones import BACKBONES, BackboneSpec, backbone_spec
+from udaseg.model.preprocess import InputNormalization, normalize
 from udaseg.model.resnet import load_deeplab_imagenet, load_torchvision_resnet101
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "SegDepthOutput",
     "build_model",
     "model_from_config",
-    "input_normalization",
+    "BACKBONES",
+    "BackboneSpec",
+    "backbone_spec",
     "load_deeplab_imagenet",
     "load_torchvision_resnet101",
     "normalize",

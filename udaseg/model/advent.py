@@ -9,6 +9,7 @@ ResNet-101s, 4·width of 8·width for the light one).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from torch import nn
 from udaseg.model.discriminator import Discriminator
 from udaseg.model.heads import ASPPClassifier
 from udaseg.model.network import DenseNet, SegDepthOutput
+
+if TYPE_CHECKING:
+    from udaseg.model.backbones import BackboneSpec
 
 
 def layer3_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -30,15 +34,14 @@ class AdventNet(DenseNet):
     architecture = "advent"
     heads = ("seg", "aux")
 
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "") -> None:
-        super().__init__(backbone, num_classes, backbone_name)
-        channels = int(backbone.out_channels)
+    def __init__(self, backbone: nn.Module, num_classes: int, spec: BackboneSpec, channels: int) -> None:
+        super().__init__(backbone, num_classes, spec, channels)
         self.seg_head = ASPPClassifier(channels, num_classes)
         self.aux_head = ASPPClassifier(channels // 2, num_classes)
 
     def forward(self, x: torch.Tensor, heads: Sequence[str] | None = None) -> SegDepthOutput:
         wanted = self.wanted(heads)
-        mid = layer3_features(self.backbone, x)
+        mid = layer3_features(self.backbone, self.normalize(x))
         aux = self.aux_head(mid) if "aux" in wanted else None
         seg = self.seg_head(self.backbone.layer4(mid)) if "seg" in wanted else None
         return SegDepthOutput(seg=seg, depth=None, density=None, aux=aux)

@@ -12,6 +12,7 @@ Segmentation therefore always runs the depth encoder. Any backbone fits: C is it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,14 +20,17 @@ from torch import nn
 from udaseg.model.heads import ASPPClassifier, ScalarHead, init_new_layers
 from udaseg.model.network import DenseNet, SegDepthOutput
 
+if TYPE_CHECKING:
+    from udaseg.model.backbones import BackboneSpec
+
 
 class DadaNet(DenseNet):
     architecture = "dada"
     heads = ("seg", "depth")
 
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "", head_channels: int = 512) -> None:
-        super().__init__(backbone, num_classes, backbone_name)
-        channels = int(backbone.out_channels)
+    def __init__(self, backbone: nn.Module, num_classes: int, spec: BackboneSpec, channels: int,
+                 head_channels: int = 512) -> None:
+        super().__init__(backbone, num_classes, spec, channels)
         self.seg_head = ASPPClassifier(channels, num_classes)
         self.depth_head = ScalarHead(channels, hidden=head_channels)
         self.fusion = nn.Conv2d(self.depth_head.conv3.out_channels, channels, 1)
@@ -35,7 +39,7 @@ class DadaNet(DenseNet):
 
     def forward(self, x: torch.Tensor, heads: Sequence[str] | None = None) -> SegDepthOutput:
         wanted = self.wanted(heads)
-        features = self.backbone(x)
+        features = self.backbone(self.normalize(x))
         code = self.depth_head.encode(features)
         depth = self.depth_head.readout(code) if "depth" in wanted else None
         seg = self.seg_head(features * self.relu(self.fusion(code))) if "seg" in wanted else None

@@ -1,38 +1,35 @@
 """`SegDepthNet`: one backbone, three parallel heads (segmentation, depth, density); and the
 choice of network (`build_model`, `architecture_for`): the paper's, ADVENT's or DADA's.
 
-All heads read the last backbone feature map, so every output lives on the model's output
-grid (`udaseg.grid.output_grid`); upsampling to the input or label size is the caller's job.
+The network takes RGB uint8 images and normalises them as its backbone's spec says. All heads
+read the last backbone feature map, so every output lives on the model's output grid
+(`udaseg.grid.output_grid`); upsampling to the input or label size is the caller's job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from udaseg.model.backbones import BackboneSpec, backbone_spec
 from udaseg.model.batchnorm import set_batchnorm_mode
 from udaseg.model.advent import AdventNet
 from udaseg.model.dada import DadaNet
 from udaseg.model.heads import ASPPClassifier, ScalarHead
-from udaseg.model.light import LightResNet18
 from udaseg.model.network import HEAD_LR_MULT, HEADS, DenseNet, SegDepthOutput
-from udaseg.model.preprocess import BACKBONES
-from udaseg.model.resnet import (
-    CaffeResNet101,
-    TorchvisionResNet101,
-    load_deeplab_imagenet,
-    load_torchvision,
-    load_torchvision_resnet101,
-)
+
+if TYPE_CHECKING:
+    from udaseg.config import ModelConfig
 
 ARCHITECTURES = ("segdepth", "advent", "dada")  # the paper's network, ADVENT's, DADA's (`architecture_for`)
 # the ablation rows that train a published baseline's own network; every other row trains the paper's
 ABLATION_ARCHITECTURE = {"advent": "advent", "dada": "dada"}
-__all__ = ["ABLATION_ARCHITECTURE", "architecture_for", "ARCHITECTURES", "HEADS", "HEAD_LR_MULT", "SegDepthNet", "SegDepthOutput", "build_backbone", "build_model",
-           "model_from_config"]
+__all__ = ["ABLATION_ARCHITECTURE", "architecture_for", "ARCHITECTURES", "HEADS", "HEAD_LR_MULT", "SegDepthNet",
+           "SegDepthOutput", "build_backbone", "build_model", "model_from_config"]
 
 
 class SegDepthNet(DenseNet):
@@ -42,16 +39,17 @@ class SegDepthNet(DenseNet):
     architecture = "segdepth"
     heads = HEADS
 
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "", head_channels: int = 512) -> None:
-        super().__init__(backbone, num_classes, backbone_name)
-        channels = int(backbone.out_channels)
+    def __init__(self, backbone: nn.Module, num_classes: int, spec: BackboneSpec, channels: int,
+                 head_channels: int = 512) -> None:
+        super().__init__(backbone, num_classes, spec, channels)
         self.seg_head = ASPPClassifier(channels, num_classes)
         self.depth_head = ScalarHead(channels, hidden=head_channels)
         self.density_head = ScalarHead(channels, hidden=head_channels)  # always built: one checkpoint layout
 
-    def forward(self, x: torch.Tensor, heads: Sequence[str] = HEADS) -> SegDepthOutput:
+    def forward(self, images: torch.Tensor, heads: Sequence[str] = HEADS) -> SegDepthOutput:
+        """`images`: RGB uint8 (or float 0..255) [B, 3, H, W]."""
         wanted = self.wanted(heads)
-        features = self.backbone(x)
+        features = self.backbone(self.normalize(images))
         return SegDepthOutput(
             seg=self.seg_head(features) if "seg" in wanted else None,
             depth=self.depth_head(features) if "depth" in wanted else None,
@@ -68,22 +66,11 @@ def build_backbone(backbone: str, init_weights: str | Path | None = None, *, lig
 
     `batchnorm` is a `udaseg.model.batchnorm.BATCHNORM_MODES` name; None keeps the backbone's own
     default (ResNet-101s frozen, the light one trained from scratch, frozen when pretrained)."""
+    spec = backbone_spec(backbone)
     path = str(init_weights) if init_weights else ""
-    if backbone == "deeplabv2_resnet101":
-        net: nn.Module = CaffeResNet101()
-        if path:
-            load_deeplab_imagenet(net, path)
-    elif backbone == "torchvision_resnet101":
-        net = TorchvisionResNet101()
-        if path:
-            load_torchvision_resnet101(net, path)
-    elif backbone == "light_resnet18":
-        # pretrained statistics are worth keeping; from scratch BN has to learn them
-        net = LightResNet18(width=light_width, freeze_bn=bool(path))
-        if path:
-            load_torchvision(net, path, "torchvision ResNet-18")
-    else:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+    net = spec.build(light_width, bool(path))
+    if path:
+        spec.load_weights(net, path)
     if batchnorm is not None:
         set_batchnorm_mode(net, batchnorm)
     return net
@@ -92,22 +79,23 @@ def build_backbone(backbone: str, init_weights: str | Path | None = None, *, lig
 def build_model(backbone: str, num_classes: int, init_weights: str | Path | None = None, *,
                 light_width: int = 64, head_channels: int = 512, batchnorm: str | None = None,
                 architecture: str = "segdepth") -> DenseNet:
-    """The network `architecture` ∈ ARCHITECTURES (`SegDepthNet`, `AdventNet`, `DadaNet`) on
-    `model.backbone` ∈ {deeplabv2_resnet101, torchvision_resnet101, light_resnet18};
-    `init_weights` is a local ImageNet backbone file ("" / None = random). `head_channels` is the
-    hidden width of the depth and density heads (512 in the paper); `batchnorm` the BatchNorm
-    mode (`build_backbone`)."""
+    """The network `architecture` ∈ ARCHITECTURES (`SegDepthNet`, `AdventNet`, `DadaNet`) on a
+    `model.backbone` name of `udaseg.model.backbones.BACKBONES`; `init_weights` is a local ImageNet
+    backbone file ("" / None = random). `head_channels` is the hidden width of the depth and density
+    heads (512 in the paper); `batchnorm` the BatchNorm mode (`build_backbone`)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+    spec = backbone_spec(backbone)
     net = build_backbone(backbone, init_weights, light_width=light_width, batchnorm=batchnorm)
+    channels = spec.out_channels(light_width)
     if architecture == "advent":
-        return AdventNet(net, num_classes, backbone)
+        return AdventNet(net, num_classes, spec, channels)
     if architecture == "dada":
-        return DadaNet(net, num_classes, backbone, head_channels=head_channels)
-    return SegDepthNet(net, num_classes, backbone, head_channels=head_channels)
+        return DadaNet(net, num_classes, spec, channels, head_channels=head_channels)
+    return SegDepthNet(net, num_classes, spec, channels, head_channels=head_channels)
 
 
-def model_from_config(model_config, num_classes: int, init_weights: str | Path | None = None,
+def model_from_config(model_config: ModelConfig, num_classes: int, init_weights: str | Path | None = None,
                       architecture: str = "segdepth") -> DenseNet:
     """The network a recipe's [model] section describes (`udaseg.config.ModelConfig`), of the
     given architecture (`udaseg.model.architecture_for` reads it from a recipe)."""

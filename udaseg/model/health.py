@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from udaseg.errors import UdasegError
-from udaseg.model.preprocess import normalize
 
 # Healthy backbones (random init with batch statistics, or ImageNet weights) stay within ~1e2.
 MAX_FEATURE = 1e4
 PROBE_SIZE = (97, 129)  # H, W: small enough to be free on a CPU, deep enough for stride 8
 
 
-def probe_features(model: nn.Module, backbone: str, device: torch.device, seed: int = 0) -> float:
+def probe_features(model: nn.Module, device: torch.device, seed: int = 0) -> float:
     """max |layer4 feature| on a random probe image, in the mode training runs in.
 
     BatchNorm running statistics are restored afterwards, so the probe leaves no trace."""
@@ -31,7 +30,7 @@ def probe_features(model: nn.Module, backbone: str, device: torch.device, seed: 
     net.train()
     try:
         with torch.no_grad():
-            features = net.backbone(normalize(image, backbone))
+            features = net.backbone(net.normalize(image))
         value = features.float().abs().max().item()
     finally:
         with torch.no_grad():
@@ -44,7 +43,7 @@ def probe_features(model: nn.Module, backbone: str, device: torch.device, seed: 
 def check_trainable(model: nn.Module, config, device: torch.device) -> None:
     """One line naming the cause and the fix when the recipe's network would diverge."""
     m = config.model
-    value = probe_features(model, m.backbone, device)
+    value = probe_features(model, device)
     if value <= MAX_FEATURE:
         return
     init = repr(m.init_weights) if m.init_weights else "'' (random)"

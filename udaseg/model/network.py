@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from udaseg.model.preprocess import normalize
+
+if TYPE_CHECKING:
+    from udaseg.model.backbones import BackboneSpec
 
 HEADS = ("seg", "depth", "density")  # the paper's network
 ALL_HEADS = (*HEADS, "aux")  # + ADVENT's auxiliary (layer3) classifier
@@ -28,16 +34,26 @@ class SegDepthOutput:
 
 class DenseNet(nn.Module):
     """A backbone plus heads. Subclasses set `architecture`, `heads` (what they can output) and
-    `head_modules()` (every module that is not the backbone)."""
+    `head_modules()` (every module that is not the backbone); their forward takes RGB images and
+    feeds the backbone `self.normalize(images)`: the network knows its input normalisation."""
 
     architecture = ""
     heads: tuple[str, ...] = ()
 
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str = "") -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, spec: BackboneSpec, channels: int) -> None:
         super().__init__()
-        self.backbone_name = backbone_name
+        self.spec = spec
+        self.channels = channels  # the backbone's output channels (spec.out_channels)
         self.num_classes = num_classes
         self.backbone = backbone
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB uint8 (or float 0..255) [B, 3, H, W] -> the backbone's input, in the images' memory
+        format (a channels-last batch stays channels-last, `udaseg.model.ops.channels_last`)."""
+        x = normalize(images, self.spec.normalization)
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def wanted(self, heads: Sequence[str] | None) -> set[str]:
         """The requested heads this network has. Unknown names are a bug; a head this network
@@ -51,11 +67,11 @@ class DenseNet(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def param_groups(self, lr: float, head_lr_mult: float = HEAD_LR_MULT) -> list[dict]:
+    def param_groups(self, lr: float, *, head_lr_mult: float) -> list[dict]:
         """SGD groups: trainable backbone parameters at `lr`, heads at `head_lr_mult`·`lr`.
 
         `head_lr_mult = 1` gives one group holding every trainable parameter, as the release's
-        optimizer. Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
+        optimizer; DeepLab-v2's convention for new layers is 10 (`train.head_lr_mult`). Each group carries `lr_mult` so a poly schedule can set `lr = base · lr_mult`.
         Frozen parameters (BatchNorm affine unless trained) are left out.
         """
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]

@@ -1,9 +1,10 @@
-"""Per-backbone input normalisation, applied once per batch by the data pipeline.
+"""Input normalisation: how a backbone wants its images (each `BackboneSpec` names one).
 
 Each backbone must see images the way its ImageNet weights were trained: the caffe DeepLab
 file expects BGR 0–255 minus the caffe mean (no std); torchvision files expect RGB 0–1
 standardised with the ImageNet mean/std. Getting this wrong costs several mIoU points
-without any error, so the choice lives in one place.
+without any error, so the choice lives in one place: the backbone's spec, applied by the
+network itself (`SegDepthNet.forward`), never by a caller.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-BACKBONES = ("deeplabv2_resnet101", "torchvision_resnet101", "light_resnet18")
-
 
 @dataclass(frozen=True)
 class InputNormalization:
@@ -29,19 +27,10 @@ CAFFE_BGR = InputNormalization((2, 1, 0), 1.0, (104.00699, 116.66877, 122.67891)
 IMAGENET_RGB = InputNormalization((0, 1, 2), 1.0 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def input_normalization(backbone: str) -> InputNormalization:
-    if backbone == "deeplabv2_resnet101":
-        return CAFFE_BGR
-    if backbone in ("torchvision_resnet101", "light_resnet18"):
-        return IMAGENET_RGB
-    raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
-
-
-def normalize(images: torch.Tensor, backbone: str) -> torch.Tensor:
-    """RGB uint8 [B, 3, H, W] (any device) -> float32 network input for `backbone`."""
+def normalize(images: torch.Tensor, norm: InputNormalization) -> torch.Tensor:
+    """RGB uint8 [B, 3, H, W] (any device) -> float32 network input under `norm`."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
-    norm = input_normalization(backbone)
     x = images[:, list(norm.channel_order)].to(torch.float32) * norm.scale
     mean = torch.tensor(norm.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)

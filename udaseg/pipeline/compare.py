@@ -18,6 +18,7 @@ import numpy as np
 
 from udaseg.data.pngio import atomic_write_bytes
 from udaseg.errors import UdasegError
+from udaseg.layout import checkpoint_kind, stage_tag
 from udaseg.report import TITLES, json_safe, md_row
 
 # `<name>_seed3`, `<name>-seed3`, `<name>.seed3`, `<name>_s3` are seeds of `<name>`
@@ -152,16 +153,13 @@ def seed_of(summary: dict) -> str:
     return "?" if seed is None else str(seed)
 
 
-def checkpoint_kind(summary: dict) -> str:
-    """best | final | latest | other: which checkpoint of its stage the summary scored."""
+def scored_kind(summary: dict) -> str:
+    """best | final | latest | file: which checkpoint of its stage the summary scored (as its eval
+    recorded it, else from the path's name); "other" when the summary names no checkpoint."""
     ckpt = summary.get("checkpoint") or {}
     if ckpt.get("kind"):
         return str(ckpt["kind"])
-    name = Path(str(ckpt.get("path", ""))).name
-    for kind in ("best", "final", "latest"):
-        if name == f"checkpoint_{kind}.pt":
-            return kind
-    return "other"
+    return checkpoint_kind(ckpt["path"]) if ckpt.get("path") else "other"
 
 
 def results_dict(summaries: Sequence[dict]) -> dict:
@@ -182,7 +180,7 @@ def results_dict(summaries: Sequence[dict]) -> dict:
                 "miou": s.get("miou"), "miou_star": s.get("miou_star"), "iou": s.get("iou"),
                 "depth": s.get("depth"), "depth_baseline": s.get("depth_baseline"),
                 "heads": s.get("heads"),  # the aux heads' training statistics and collapse flags (eval)
-                "checkpoint": {"kind": checkpoint_kind(s), "stage": (s.get("checkpoint") or {}).get("stage"),
+                "checkpoint": {"kind": scored_kind(s), "stage": stage_tag((s.get("checkpoint") or {}).get("stage")),
                                "iteration": (s.get("checkpoint") or {}).get("iteration")},
                 "summary": s.get("_path"),
             }

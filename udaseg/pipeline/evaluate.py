@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from udaseg.checkpoint import checkpoint_kind, load_model, pick_checkpoint
+from udaseg.checkpoint import load_model, pick_checkpoint
 from udaseg.config import Config, to_toml
 from udaseg.data.depth import MAX_DEPTH_M, MIN_DEPTH_M
-from udaseg.data.protocols import Protocol, get_protocol
+from udaseg.data.protocols import Protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
-from udaseg.layout import LOG_FILE, RunLayout
+from udaseg.layout import LOG_FILE, RunLayout, checkpoint_kind
 from udaseg.metrics import iou_from_confusion, mean_iou, miou_star, pixel_accuracy
 # re-exported for callers of this module (bench/eval.py)
 from udaseg.report import json_safe
@@ -114,7 +115,7 @@ def source_median_invdepth(config: Config, checkpoint: Path) -> float | None:
     (beside the checkpoint's run folder); None when there is none to read."""
     from udaseg.gmm import load_gmm
 
-    gmm_file = Path(checkpoint).absolute().parent.parent / "gmm" / "gmm.h5"
+    gmm_file = RunLayout.of_checkpoint(checkpoint).gmm_file
     if not gmm_file.is_file():
         return None
     try:
@@ -153,15 +154,15 @@ def evaluate_checkpoint(config: Config, checkpoint: Path, out_dir: Path, *, spli
     from udaseg.report import write_artifacts
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     model, info = load_model(checkpoint, config, dev)
     data = eval_data(config, split or config.data.target_val_split, root, source)
     dataset = data.dataset
     if max_images is not None and max_images > 0 and max_images < len(dataset):
         dataset = Subset(dataset, range(max_images))
-    loader = eval_loader(dataset, config.eval.batch_size, config.data.num_workers if workers is None else workers)
+    loader = eval_loader(dataset, config.eval.batch_size, config.inference.workers if workers is None else workers)
     picks = figure_indices(len(dataset), config.eval.num_figure_samples) if figures else []
-    outcome = run_evaluation(model, loader, protocol.num_classes, config.model.backbone, dev, depth=data.has_depth,
+    outcome = run_evaluation(model, loader, protocol.num_classes, dev, depth=data.has_depth, amp=config.inference.amp,
                              sample_indices=picks, progress=progress, total=len(dataset),
                              baseline_invdepth=source_median_invdepth(config, checkpoint))
     summary = build_summary(config, protocol, data, outcome, checkpoint, info, dev, label, name)

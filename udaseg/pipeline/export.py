@@ -34,11 +34,12 @@ from udaseg.checkpoint import load_model
 from udaseg.config import Config
 from udaseg.data.palette import palette_for
 from udaseg.data.pngio import atomic_write_bytes, read_rgb
-from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.protocols import IGNORE
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.transforms import resize_image
 from udaseg.errors import UdasegError
 from udaseg.inference import InferenceNet, labelid_table
-from udaseg.model import input_normalization
+from udaseg.model import backbone_spec
 
 FORMATS = ("torchscript", "onnx")
 OPSET = 17
@@ -172,11 +173,11 @@ def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_ima
         raise UdasegError(f"{verify_image}: verification image not found; pass --verify-image with a real photo "
                           "(e.g. a Cityscapes frame)")
     out = Path(out)
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     size = tuple(input_size or config.data.target_size)
     torch_threads = torch.get_num_threads()
     model, info = load_model(checkpoint, config, torch.device("cpu"))
-    net = InferenceNet(model, config.model.backbone, with_depth=with_depth).eval().requires_grad_(False)
+    net = InferenceNet(model, with_depth=with_depth).eval().requires_grad_(False)
     names = ["logits", "depth"] if with_depth else ["logits"]
     example = torch.zeros(1, 3, size[1], size[0])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,7 @@ def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_ima
 
 def sidecar_dict(config: Config, protocol, fmt: str, out: Path, checkpoint: Path, info: dict, size, with_depth: bool,
                  verification: dict) -> dict:
-    norm = input_normalization(config.model.backbone)
+    norm = backbone_spec(config.model.backbone).normalization
     order = "".join("RGB"[i] for i in norm.channel_order)
     outputs = {"logits": {"shape": ["batch", len(protocol.classes), "height", "width"], "dtype": "float32",
                           "meaning": "class scores at the input's size (bilinear, align_corners=True); argmax over dim 1 = class index"}}

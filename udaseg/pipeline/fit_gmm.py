@@ -414,11 +414,11 @@ def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Pa
 
     from udaseg.config import to_toml
     from udaseg.data.build import source_dataset
-    from udaseg.data.protocols import get_protocol
+    from udaseg.data.recipe_protocol import protocol_of
     from udaseg.grid import output_grid
     from udaseg.layout import RunLayout, write_config
 
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     grid = output_grid(*config.data.source_size)
     gcfg = config.gmm
     dataset = source_dataset(config, data_root, size=grid, load_image=False, load_label=True, load_depth=True)

@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from udaseg.config import Config
 from udaseg.data.pngio import atomic_write_bytes, encode_png, read_rgb
-from udaseg.data.protocols import IGNORE, Protocol, get_protocol
+from udaseg.data.protocols import IGNORE, Protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import DataError, UdasegError
 from udaseg.inference import CONFIDENCE_PNG_SCALE, DEPTH_PNG_SCALE, colorize_depth, labelid_table, overlay
 from udaseg.progress import progress_bar, rate_text
@@ -548,13 +549,13 @@ class PredictRecord:
 def gmm_for(config: Config, checkpoint: Path, gmm: Path | None, runs=None) -> Path:
     """The gmm.h5 whose class frequencies give the spatial prior's thresholds: `gmm`, else the
     recipe's run folder, else the checkpoint's own run (`<run>/train/x.pt` -> `<run>/gmm/gmm.h5`)."""
-    from udaseg.layout import GMM_FILE, RunLayout
+    from udaseg.layout import RunLayout
 
     if gmm is not None:
         if not Path(gmm).is_file():
             raise UdasegError(f"{gmm}: gmm.h5 not found; pass --gmm with the run's gmm/gmm.h5")
         return Path(gmm)
-    candidates = [RunLayout.for_config(config, runs).gmm_file, Path(checkpoint).resolve().parent.parent / "gmm" / GMM_FILE]
+    candidates = [RunLayout.for_config(config, runs).gmm_file, RunLayout.of_checkpoint(checkpoint).gmm_file]
     for path in candidates:
         if path.is_file():
             return path
@@ -568,7 +569,7 @@ def run_predict(config: Config, checkpoint: Path, inputs: list[str], out: Path, 
     Failures of single inputs are collected, not raised; predict.json is updated even when the
     run stops early, for what was completely written."""
     out = Path(out)
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     from udaseg.data.palette import palette_for
 
     palette = palette_for(protocol)

@@ -31,13 +31,14 @@ from udaseg.config import Config
 from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
 from udaseg.data.pngio import atomic_write_bytes, encode_png
-from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.protocols import IGNORE
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import pseudo_label_subset
 from udaseg.engine import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout, write_config
-from udaseg.model import autocast, normalize
+from udaseg.model import autocast
 from udaseg.progress import progress_bar
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 
@@ -77,11 +78,10 @@ def padding_at(valid: torch.Tensor, size_hw: tuple[int, int], device: torch.devi
     return v < 0.5
 
 
-def predict(model, images: torch.Tensor, backbone: str, size_hw: tuple[int, int], amp: bool):
+def predict(model, images: torch.Tensor, size_hw: tuple[int, int], amp: bool):
     """(arg-max labels, confidence) at `size_hw` from uint8 images on the model's device."""
-    x = normalize(images, backbone)
     with torch.no_grad(), autocast(images.device, amp):
-        logits = model(x, heads=("seg",)).seg
+        logits = model(images, heads=("seg",)).seg
     logits = F.interpolate(logits.float(), size=size_hw, mode="bilinear", align_corners=True)
     confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
     return labels.to(torch.uint8), confidence
@@ -99,7 +99,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     """Write `pseudo/labels/<id>.png` for the target training split; returns the stats dict."""
     layout = RunLayout.for_config(config, runs)
     pl = config.pseudolabel
-    protocol = get_protocol(config.experiment.protocol)
+    protocol = protocol_of(config)
     C = protocol.num_classes
     width, height = pl.refine_size
     model, _ = load_model(checkpoint, config, env.device)
@@ -115,7 +115,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     if env.is_main:
         labels_dir.mkdir(parents=True, exist_ok=True)
         write_config(layout.pseudo_dir, config)
-    workers = config.data.num_workers if workers is None else workers
+    workers = config.inference.workers if workers is None else workers
     configure_cpu_threads(env, workers)
 
     # counters [C]: confident pixels, kept pixels, and (with GT) correct among them
@@ -128,10 +128,10 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     with bar:
         task = bar.add_task("pseudolabel", total=len(mine), info="")
         if mine:
-            loader = make_loader(Subset(dataset, mine), pl.batch_size, workers)
+            loader = make_loader(Subset(dataset, mine), config.inference.batch_size, workers)
             for batch in loader:
                 images = batch["image"].to(env.device, non_blocking=True)
-                pred, conf = predict(model, images, config.model.backbone, (height, width), config.train.amp)
+                pred, conf = predict(model, images, (height, width), config.inference.amp)
                 if "valid" in batch:  # letterbox padding (data.target_fit) is never a pseudo-label
                     pred = torch.where(padding_at(batch["valid"], (height, width), pred.device),
                                        torch.full_like(pred, IGNORE), pred)

@@ -18,16 +18,17 @@ from udaseg.checkpoint import check_compatible, load_checkpoint, pick_checkpoint
 from udaseg.config import Config
 from udaseg.data.base import read_channel
 from udaseg.data.build import source_dataset, target_dataset
-from udaseg.data.protocols import IGNORE, get_protocol
+from udaseg.data.protocols import IGNORE
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import PseudoLabelDataset, pseudo_label_subset
 from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
                            plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
                            set_rng_state, training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import load_gmm
-from udaseg.layout import RunLayout, write_config
+from udaseg.layout import STAGE_SELF_TRAIN, RunLayout, write_config
 from udaseg.losses import berhu, weighted_cross_entropy
-from udaseg.model import autocast, normalize, upsample
+from udaseg.model import autocast, upsample
 from udaseg.scoring import ValScorer
 from udaseg.tensorboard import tensorboard_observer
 
@@ -38,14 +39,14 @@ class SelfTrainStep:
         self.target_iter, self.source_iter = target_iter, source_iter
 
     def _forward(self, batch: dict, heads):
-        x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.cfg.model.backbone)
-        with autocast(self.env.device, self.cfg.train.amp):
+        x = batch["image"].to(self.env.device, non_blocking=True)
+        with autocast(self.env.device, self.cfg.self_train.amp):
             return self.p.model(x, heads=heads), tuple(x.shape[-2:])
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         st, t, p, dev = self.cfg.self_train, self.cfg.train, self.p, self.env.device
         # the release keeps stage 1's MAX_ITERS as the denominator: self_train.lr_horizon
-        set_lr(p.optimizer, poly_lr(t.lr, iteration, poly_horizon(st.iterations, st.lr_horizon), t.power))
+        set_lr(p.optimizer, poly_lr(st.lr, iteration, poly_horizon(st.iterations, st.lr_horizon), st.power))
         p.optimizer.zero_grad(set_to_none=True)
         tgt = next(self.target_iter)
         out, _ = self._forward(tgt, ("seg",))
@@ -109,9 +110,9 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
     layout = RunLayout.for_config(config, runs)
     folder, st, t = layout.self_train, config.self_train, config.train
     torch.manual_seed(config.experiment.seed)
-    num_classes = get_protocol(config.experiment.protocol).num_classes
+    num_classes = protocol_of(config).num_classes
     model = build_network(config, num_classes, env)
-    optimizer = build_sgd(model, t)
+    optimizer = build_sgd(model, st)
     model = wrap_ddp(model, env, find_unused=True)
     parts = TrainParts(model, optimizer, class_weights=source_class_weights(config, layout, env.device))
 
@@ -144,11 +145,11 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
 
     spec = LoopSpec(
         out_dir=folder.path, total_iterations=st.iterations, start_iteration=start,
-        checkpoint_every=t.checkpoint_every, log_every=t.log_every,
+        checkpoint_every=st.checkpoint_every, log_every=st.log_every,
         images_per_step=st.batch_size + (t.batch_size_source if source_iter else 0),
         description=f"self-train {config.experiment.name}",
         step=SelfTrainStep(config, parts, env, target_iter, source_iter),
-        state=lambda it: training_state(config, parts, it, "self_train"),
+        state=lambda it: training_state(config, parts, it, STAGE_SELF_TRAIN),
         lrs=lambda: {"lr": optimizer.param_groups[0]["lr"]}, progress=progress,
         on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
         eval_every=st.eval_every, evaluate=scorer, loop_state=loop_state,

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from udaseg.config import Config, data_root, resolve_under
+from udaseg.config import Config, TrainConfig, data_root, resolve_under
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
-from udaseg.data.protocols import get_protocol
+from udaseg.data.recipe_protocol import protocol_of
 from udaseg.collapse import HEALTH_PREFIX, head_stats
 from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
                            plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
@@ -41,11 +41,11 @@ from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_s
                            training_state, unwrap, wrap_ddp)
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
-from udaseg.layout import RunLayout, write_config
+from udaseg.layout import STAGE_TRAIN, RunLayout, write_config
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
 from udaseg.baselines import with_baseline_values
 from udaseg.checkpoint import check_compatible, load_checkpoint
-from udaseg.model import Discriminator, architecture_for, autocast, channels_last, normalize, to_grid, upsample
+from udaseg.model import Discriminator, architecture_for, autocast, channels_last, to_grid, upsample
 from udaseg.model.advent import AdventDiscriminators
 from udaseg.model.health import check_trainable
 from udaseg.scoring import ValScorer
@@ -76,7 +76,7 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
     """Network, optimizers, discriminator, GMM and class weights of the recipe's row; `imagenet=False`
     skips model.init_weights (a run started from a checkpoint overwrites every weight)."""
     t = config.train
-    num_classes = get_protocol(config.experiment.protocol).num_classes
+    num_classes = protocol_of(config).num_classes
     needs_gmm = t.ablation in DENSITY_ABLATIONS or t.class_weights == "frequency" or t.head_targets == "normalized" \
         or t.adv_depth == "unit"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
@@ -121,7 +121,6 @@ class Stage1Step:
     def __init__(self, config: Config, parts: TrainParts, env: DistEnv, source_iter, target_iter):
         self.cfg, self.t, self.p, self.env = config, config.train, parts, env
         self.source_iter, self.target_iter = source_iter, target_iter
-        self.backbone = config.model.backbone
         self.horizon = poly_horizon(self.t.iterations, self.t.lr_horizon)  # the release's MAX_ITERS
         self.heads, self.target_heads, self.adv_weight = ABLATIONS[self.t.ablation]
         net = unwrap(parts.model)
@@ -131,8 +130,7 @@ class Stage1Step:
         self.adv_unit = adversarial_unit(self.t, self.adv_weight, parts.gmm)
 
     def _inputs(self, batch: dict) -> torch.Tensor:
-        x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
-        return channels_last(x, self.env.device)
+        return channels_last(batch["image"].to(self.env.device, non_blocking=True), self.env.device)
 
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         t, p, dev = self.t, self.p, self.env.device
@@ -261,7 +259,7 @@ def adversarial_weights(head: str | None, out_s, out_t, live: bool = True) -> tu
     return getattr(out_s, head).detach().float(), weight_t if live else weight_t.detach()
 
 
-def adversarial_unit(t, factor: str | None, gmm: DepthGMM | None) -> float:
+def adversarial_unit(t: TrainConfig, factor: str | None, gmm: DepthGMM | None) -> float:
     """What F̂'s factor is divided by: 1 (the paper: raw 0..255 density, raw inverse depth), or the
     unit its own loss is taken in (train.adv_density / adv_depth = "unit": squash_max; the source
     median inverse depth), so F̂ and the head's loss weigh the head's output alike."""
@@ -355,7 +353,7 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
         checkpoint_every=t.checkpoint_every, log_every=t.log_every,
         images_per_step=t.batch_size_source + (t.batch_size_target if tgt_iter else 0),
         description=f"train {config.experiment.name} [{t.ablation}]",
-        step=step, state=lambda it: training_state(config, parts, it, "stage1"), lrs=lrs, progress=progress,
+        step=step, state=lambda it: training_state(config, parts, it, STAGE_TRAIN), lrs=lrs, progress=progress,
         on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
         eval_every=t.eval_every, evaluate=scorer, loop_state=state.get("loop") if state else None,
         observer=tensorboard_observer(config, folder.path, env, parts.model, root, start),
