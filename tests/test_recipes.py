@@ -1,6 +1,6 @@
 """Every shipped recipe resolves to exactly the values it resolved to before the sections were
 reshaped (tests/fixtures/resolved_recipes.json: each recipe's resolved config.toml, written by
-main at 27da141 before the change), key by key, with the keys that moved mapped to where they were."""
+main at cd82404, the last commit before the change), key by key, with the keys that moved mapped to where they were."""
 
 from __future__ import annotations
 

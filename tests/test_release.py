@@ -66,7 +66,9 @@ def released(tmp_path_factory):
 
 
 IMAGE = torch.Generator().manual_seed(7)
-X = torch.randn(2, 3, 41, 57, generator=IMAGE) * 50  # caffe-normalised scale, a tiny image
+IMAGE_RGB = torch.randint(0, 256, (2, 3, 41, 57), generator=IMAGE).float()  # a tiny RGB image, 0..255
+# the releases' input, written out here: BGR, minus their IMG_MEAN (the networks normalise their own input)
+X = IMAGE_RGB.flip(1) - torch.tensor([104.00698793, 116.66876762, 122.67891434]).view(1, 3, 1, 1)
 
 
 # ---------------------------------------------------------------- equivalence
@@ -85,7 +87,7 @@ def test_imported_network_reproduces_the_release_forward(fmt, released, city16, 
     model, info = load_model(out, city16, torch.device("cpu"))
     assert info["stage"] == "imported" and info["imported_from"]["file"] == path.name
     with torch.no_grad():
-        got = model(X, heads=model.heads)
+        got = model(IMAGE_RGB, heads=model.heads)
         want = ref_forward(fmt, sd, X)
     grid_w, grid_h = output_grid(57, 41)
     for head, ref in want.items():
@@ -141,7 +143,7 @@ def test_advent_file_without_multi_level_keeps_a_fresh_aux_head(city16, tmp_path
     assert result.fresh == ["aux_head"]
     model, _ = load_model(tmp_path / "a.pt", city16, torch.device("cpu"))
     with torch.no_grad():
-        assert rel_err(model(X, heads=("seg",)).seg, ref_aspp(ref_trunk(X, sd)[1], sd, "layer6")) < 1e-4
+        assert rel_err(model(IMAGE_RGB, heads=("seg",)).seg, ref_aspp(ref_trunk(X, sd)[1], sd, "layer6")) < 1e-4
 
 
 # ---------------------------------------------------------------- refusals

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 TINY = {  # the recipe at toy scale; every other value is the command's own
     "data.source_size": [64, 38], "data.target_size": [64, 38], "data.num_workers": 0,
-    "gmm.points_per_class": 500, "pseudolabel.refine_size": [64, 38], "pseudolabel.batch_size": 2,
+    "gmm.points_per_class": 500, "pseudolabel.refine_size": [64, 38], "inference.batch_size": 2,
     "self_train.iterations": 2, "self_train.eval_every": 2, "self_train.min_kept_fraction": 0.0,
     "train.iterations": 1, "train.eval_every": 1, "train.checkpoint_every": 1, "train.amp": False,
     "eval.batch_size": 2, "eval.num_figure_samples": 1,

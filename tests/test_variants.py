@@ -36,7 +36,7 @@ def test_advent_net_scores_layer4_and_adds_a_layer3_classifier(width):
     x = torch.randn(2, 3, 45, 70)
     with torch.no_grad():
         out = net(x)
-        c3, c4 = light_stages(net.backbone, x)
+        c3, c4 = light_stages(net.backbone, net.normalize(x))  # the network normalises its own input
         torch.testing.assert_close(out.seg, aspp(c4, net.seg_head), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out.aux, aspp(c3, net.aux_head), rtol=1e-4, atol=1e-5)
         assert out.depth is None and out.density is None
@@ -56,7 +56,7 @@ def test_dada_net_gates_the_features_with_its_depth_code():
     x = torch.randn(1, 3, 41, 57)
     d = net.depth_head
     with torch.no_grad():
-        f = net.backbone(x)
+        f = net.backbone(net.normalize(x))
         code = d.conv3(F.relu(d.conv2(F.relu(d.conv1(f)))))
         gate = F.relu(F.conv2d(code, net.fusion.weight, net.fusion.bias))
         out = net(x)

@@ -105,21 +105,15 @@ class InferenceNet(nn.Module):
 
     def __init__(self, net: nn.Module, with_depth: bool = False):
         super().__init__()
-        norm = net.spec.normalization
         if with_depth and "depth" not in net.heads:
             from udaseg.errors import UdasegError
 
             raise UdasegError(f"the checkpoint's {net.architecture} network has no depth head; export without --depth")
-        self.net = net  # its own forward: DADA's segmentation reads its depth code
+        self.net = net  # its own forward normalises the image (its backbone spec); DADA's seg reads its depth code
         self.with_depth = with_depth
-        self.register_buffer("order", torch.tensor(norm.channel_order, dtype=torch.long), persistent=False)
-        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.scale = float(norm.scale)
 
     def forward(self, image: torch.Tensor):
-        x = (torch.index_select(image, 1, self.order) * self.scale - self.mean) / self.std
-        out = self.net(x, heads=("seg", "depth") if self.with_depth else ("seg",))
+        out = self.net(image, heads=("seg", "depth") if self.with_depth else ("seg",))
         size = image.shape[-2:]
         logits = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=True)
         if not self.with_depth:
