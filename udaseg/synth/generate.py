@@ -179,6 +179,7 @@ SHEET_TITLES = ("SOURCE (SYNTHIA format): image | labels | depth",
                 "TARGET (Cityscapes format, train split): image | labels | depth")
 SHEET_DEPTH_NOTE = "depth: near = bright, far = dark (log scale, 1 m to 200 m); black = no depth (sky)"
 WHITE = 255
+TITLE_HEIGHT = 22  # the title band above the images
 
 
 def _font(size: int):
@@ -190,7 +191,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def text_band(text: str, width: int, height: int = 22, size: int = 14) -> np.ndarray:
+def text_band(text: str, width: int, height: int = TITLE_HEIGHT, size: int = 14) -> np.ndarray:
     """A white [height, width, 3] strip with `text` in black, left-aligned (the sheet's captions)."""
     from PIL import Image, ImageDraw
 
