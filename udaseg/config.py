@@ -149,6 +149,9 @@ class PseudoLabelConfig:
     threshold_scaling: Literal["none", "area"] = "none"
     max_images: int = 0  # label (and self-train on) the first N target images by name; 0 = all
     batch_size: int = 4
+    # on CUDA, also refine the first batch with the torch path and refuse on any difference from
+    # the Triton kernel (one batch: well under 1 % of the stage)
+    verify_first_batch: bool = True
 
 
 @dataclass(frozen=True)
