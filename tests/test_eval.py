@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from typer.testing import CliRunner
 
-from fakedata import write_cityscapes, write_synthia
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from udaseg.cli import app
 from udaseg.config import load_config, to_toml
 from udaseg.data.pngio import read_rgb, write_png

@@ -94,3 +94,42 @@ def test_report_md_shows_its_figures_as_images(tmp_path):
     assert links == [f"![{FIGURE_CAPTIONS['samples.png']}](samples.png)",
                      f"![{FIGURE_CAPTIONS['confusion.png']}](confusion.png)"]
     assert "![" not in markdown_report(summary, ["summary.json", "report.md"])  # no figure written, no link
+
+
+def _log(n: int = 6) -> list[dict]:
+    """A train log as stage 1 writes it: losses, head health and output statistics, throughput,
+    and the target-val mIoU every other record."""
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(1, n + 1):
+        r = {"iteration": 10 * i, "seg": 2.0 / i, "depth": 40 + rng.random(), "density_src": 150.0, "adv": 0.69,
+             "health/depth_absrel": 0.8, "health/density_mae_src": 90.0,
+             "health/density_mean_src": 100 + i, "health/density_std_src": 20.0,
+             "health/density_target_mean_src": 120.0, "health/density_target_std_src": 60.0,
+             "health/depth_mean_tgt": 40.0, "health/depth_std_tgt": 3.0,
+             "lr": 1e-3, "images_per_s": 30 + i, "time": 1.0 * i}
+        if i % 2 == 0:
+            r["val_miou"] = 0.2 + 0.01 * i
+        records.append(r)
+    return records
+
+
+def test_progress_figure_labels_every_axis_and_every_curve():
+    from udaseg.engine import progress_figure
+
+    fig = progress_figure(_log())
+    plotted = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(fig.axes) == 5 and len(plotted) == 5  # losses, throughput (+ its mIoU twin), health, heads
+    legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    for ax in plotted:
+        assert ax.get_ylabel(), ax.get_title()
+        if ax.get_xlabel() == "":  # the twin axis shares the throughput panel's x axis
+            assert ax.get_ylabel() == "target-val mIoU (%)"
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                assert line.get_label() in legends, line.get_label()
+    curves = {line.get_label() for ax in plotted for line in ax.get_lines()}
+    assert {"seg", "depth", "images / s", "target-val mIoU (%)", "depth AbsRel (source)", "density (source)"} <= curves
+    texts = [ax.get_title() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes] + legends
+    assert not any("AbsRel" in t and "(m)" in t for t in texts)  # a ratio has no unit
+    matplotlib.pyplot.close(fig)

@@ -15,8 +15,8 @@ import torch
 
 import udaseg.model.ops as ops
 import udaseg.refine as refine_mod
-from fakedata import write_cityscapes, write_synthia
-from refine_cases import adversarial, scipy_refine
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
+from udaseg.testing.refine_cases import adversarial, scipy_refine
 from udaseg.config import load_config
 from udaseg.engine import DistEnv, read_log
 from udaseg.errors import UdasegError
