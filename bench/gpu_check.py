@@ -227,7 +227,7 @@ def orchestrate(args) -> int:
             deadline = t0 + (report.data["budget_s"] or 0)
             for name in names:
                 item = BY_NAME[name]
-                budget = min(item.budget.get(mode, 0), deadline - time.time())
+                budget = min(args.item_budget.get(name, item.budget.get(mode, 0)), deadline - time.time())
                 if mode == "cpu" and item.needs_gpu and not (item.cpu_smoke or args.only):
                     res = {"status": "needs-gpu", "seconds": 0.0,
                            "summary": f"needs a GPU (not smoke-run on CPU by default; --only {name} runs it)"}
@@ -281,7 +281,20 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="report folder (default $GPU_REPORT_DIR, else runs/gpu-check)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary scratch folder")
-    return orchestrate(ap.parse_args())
+    ap.add_argument("--item-budget", nargs="+", default=[], metavar="ITEM=SECONDS",
+                    help="override an item's own budget (e.g. train_step=300 on a slow GPU)")
+    args = ap.parse_args()
+    budgets = {}
+    for text in args.item_budget:
+        name, _, value = text.partition("=")
+        try:
+            budgets[name] = float(value)
+        except ValueError:
+            ap.error(f"--item-budget {text!r}: give ITEM=SECONDS")
+        if name not in BY_NAME:
+            ap.error(f"--item-budget {text!r}: unknown item {name!r} (items: {', '.join(BY_NAME)})")
+    args.item_budget = budgets
+    return orchestrate(args)
 
 
 if __name__ == "__main__":

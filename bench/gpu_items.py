@@ -1203,7 +1203,7 @@ def run_item(name: str, mode: str, budget: float, out: Path, work: Path) -> None
         if out.is_file():  # keep what the item had measured
             res = {**{k: v for k, v in json.loads(out.read_text()).items() if k in ("lines", "figures")}, **res}
     res["seconds"] = round(time.perf_counter() - t0, 2)
-    write_record(out, {"item": name, **res})
+    write_record(out, {"item": name, "pid": os.getpid(), **res})
 
 
 def main() -> int:

@@ -108,3 +108,32 @@ def test_ddp_resume_item_on_cpu(tmp_path):
     assert item["verdict_at_toy_size"] == "pass" and "bit-identical" in item["summary"]
     diff = item["figures"]["resumed_vs_straight"]
     assert diff["model"]["unequal"] == diff["disc"]["unequal"] == 0 and item["figures"]["logs_equal"]
+
+
+def test_each_item_runs_in_its_own_process(cpu_run):
+    _, _, report = cpu_run
+    pids = [i["pid"] for i in report["items"] if "pid" in i]
+    assert len(pids) == 6 and len(set(pids)) == 6 and os.getpid() not in pids  # ddp_resume: not started on CPU
+
+
+def test_an_item_past_its_budget_is_stopped_and_the_next_one_still_runs(tmp_path):
+    proc = run_check(tmp_path, "--only", "refine_equal", "gmm_cuda", "--item-budget", "refine_equal=1",
+                     "--budget", "200")
+    assert proc.returncode == 1, proc.stdout[-3000:]  # a timeout is a failure
+    items = {i["item"]: i for i in json.loads((tmp_path / "gpu_report.json").read_text())["items"]}
+    assert items["refine_equal"]["status"] == "timeout" and "1 s budget" in items["refine_equal"]["summary"]
+    assert items["gmm_cuda"]["status"] == "needs-gpu" and items["gmm_cuda"]["smoke"] == "ok"
+
+
+def test_the_check_imports_nothing_from_tests():
+    """bench/ takes its fixtures from udaseg.testing: no tests/ on sys.path, no test module imported."""
+    import ast
+
+    test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    for script in ("gpu_check.py", "gpu_items.py", "refine.py", "eval.py"):
+        tree = ast.parse((ROOT / "bench" / script).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & test_modules, (script, imported & test_modules)
+        paths = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and "sys.path" in ast.unparse(n.func)]
+        assert not any("tests" in p or "TESTS" in p for p in paths), (script, paths)
