@@ -188,3 +188,40 @@ def test_stage1_m2_and_eval_run_under_bf16_autocast(tmp_path, monkeypatch):
     assert 0.0 <= s["miou"] <= 1.0 and math.isfinite(s["depth"]["abs_rel"])
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["num_images"] == 2
     assert (tmp_path / "eval" / "samples.png").is_file()
+
+
+def test_pseudolabel_refuses_a_kernel_that_differs_on_the_first_batch(tmp_path, kernel_on_cpu):
+    """With the kernel path taken (as on CUDA) and a kernel one pixel off, pseudolabel stops on its
+    first batch with one line and writes no label; pseudolabel.verify_first_batch = false lets it run."""
+    import udaseg.refine_triton as rt
+    from udaseg.checkpoint import checkpoint_dict, save_checkpoint
+    from udaseg.data.protocols import get_protocol
+    from udaseg.model import model_from_config
+    from udaseg.pipeline.fit_gmm import run_fit_gmm
+    from udaseg.pipeline.pseudolabel import run_pseudolabel
+
+    root = tmp_path / "data"
+    write_synthia(root / "syn", 2, SIZE)
+    write_cityscapes(root / "city", "train", 3, SIZE)
+    config = load_config(None, {**BASE, "train.amp": False, "pseudolabel.conf_threshold": 0.0})
+    runs = tmp_path / "runs"
+    run_fit_gmm(config, root, runs, plots=False, progress=False)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "checkpoint.pt"
+    save_checkpoint(ckpt, checkpoint_dict(config, "stage1", 0, model_from_config(
+        config.model, get_protocol(config.experiment.protocol).num_classes)))
+
+    def one_pixel_off(labels, confidence, thresholds, conf_threshold, connectivity):
+        out, _ = refine_mod._refine_torch(labels, confidence, thresholds.cpu(), conf_threshold, connectivity)
+        out.view(-1)[0] = 255 if out.view(-1)[0] != 255 else 0
+        return out
+
+    kernel_on_cpu.setattr(rt, "refine_triton", one_pixel_off)
+    labels_dir = RunLayout.for_config(config, runs).pseudo_labels_dir
+    with pytest.raises(UdasegError, match="differs from the torch path on 1 of"):
+        run_pseudolabel(config, DistEnv(), ckpt, root, runs, do_refine=True, progress=False, workers=0)
+    assert not list(labels_dir.glob("*.png"))
+    unchecked = load_config(None, {**BASE, "train.amp": False, "pseudolabel.conf_threshold": 0.0,
+                                   "pseudolabel.verify_first_batch": False})
+    run_pseudolabel(unchecked, DistEnv(), ckpt, root, runs, do_refine=True, progress=False, workers=0)
+    assert len(list(labels_dir.glob("*.png"))) == 3
