@@ -1192,6 +1192,7 @@ def resolve_mode(mode: str) -> str:
 def run_item(name: str, mode: str, budget: float, out: Path, work: Path) -> None:
     """One item, its record written to `out`; an exception is the item's 'error', not a crash."""
     ctx = Ctx(resolve_mode(mode), work, name, budget, out)
+    write_record(out, {"item": name, "status": "running"})  # torch is imported: the budget starts now
     print(f"\n======== {name} (budget {budget:.0f} s, {ctx.mode}) ========", flush=True)
     t0 = time.perf_counter()
     try:
