@@ -37,10 +37,11 @@ Internals: the parent process (no torch) starts one worker process that runs the
 order and appends JSON records (start / partial / result) to a file; the parent enforces each
 item's budget, kills and restarts the worker past it, and writes the report.
 
-Structure: this parent imports no torch. It asks `bench/gpu_items.py --env` for the mode and the
-environment, then runs each item as its own process (`bench/gpu_items.py --item NAME`, its own
-process group) with the item's budget as timeout, reads the JSON record the item wrote (partial
+Structure: this parent imports no torch. It runs each item as its own process
+(`bench/gpu_items.py --item NAME`, its own process group) with the item's budget as timeout
+(counted from when the process has imported torch), reads the JSON record the item wrote (partial
 results survive a timeout), merges the records into the report and rewrites it after every item.
+The first item's process also resolves the mode (CUDA or CPU) and reports the environment.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ ITEMS_SCRIPT = BENCH / "gpu_items.py"
 FORMAT = "udaseg.gpu_check.v1"
 DEFAULT_BUDGET = {"cuda": 450.0, "cpu": 240.0}  # seconds in all; the issue's limit is 8 minutes on CUDA
 GRACE_S = 5.0  # past an item's budget before its process group is killed
-ENV_TIMEOUT_S = 180.0  # importing torch on a loaded machine
 STARTUP_S = 120.0  # an item process may take this long to import torch before its budget starts
 BAD = ("fail", "error", "timeout")
 
@@ -172,14 +172,16 @@ def run_process(cmd: list[str], timeout: float, log, ready: Path | None = None) 
         raise
 
 
-def item_result(name: str, mode: str, budget: float, work: Path, log) -> dict:
-    """One item's record: what its process wrote, or why it wrote nothing (timeout, crash)."""
+def item_result(name: str, mode: str, budget: float, work: Path, log, with_env: bool = False,
+                grace: float = GRACE_S) -> dict:
+    """One item's record: what its process wrote, or why it wrote nothing (timeout, crash). With
+    `with_env` the record also holds the resolved mode and the environment (the report's header)."""
     out = work / f"{name}.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(ITEMS_SCRIPT), "--item", name, "--mode", mode, "--budget", f"{budget:.1f}",
-           "--out", str(out), "--work", str(work)]
+           "--out", str(out), "--work", str(work)] + (["--with-env"] if with_env else [])
     t0 = time.time()
-    rc = run_process(cmd, budget + GRACE_S, log, ready=out)
+    rc = run_process(cmd, budget + grace, log, ready=out)
     res = json.loads(out.read_text()) if out.is_file() else {}
     seconds = round(time.time() - t0, 1)
     if rc is None:
@@ -220,33 +222,29 @@ def orchestrate(args) -> int:
 
     with open(out_dir / "gpu_check.log", "w", buffering=1) as log:
         try:
-            env_file = work / "env.json"
-            rc = run_process([sys.executable, str(ITEMS_SCRIPT), "--env", "--mode", "cpu" if args.cpu else "auto",
-                              "--out", str(env_file)], ENV_TIMEOUT_S, log)
-            if rc != 0 or not env_file.is_file():
-                for name in names:
-                    report.update(name, status="error", summary="the environment probe failed (see gpu_check.log)",
-                                  error=tail(_log_tail(log.name), 3000))
-                names = []
-            else:
-                probe = json.loads(env_file.read_text())
-                mode, env = probe["mode"], probe["env"]
-                report.data.update(mode=mode, env=env, budget_s=args.budget or DEFAULT_BUDGET[mode])
-                print(f"mode {mode}: {env.get('gpu', 'no GPU')}; torch {env.get('torch')}, Triton {env.get('triton')}, "
-                      f"Python {env.get('python')}", flush=True)
-            deadline = t0 + (report.data["budget_s"] or 0)
+            mode = "cpu" if args.cpu else "auto"  # the first item's process resolves 'auto' and reports it
+            deadline = t0 + (args.budget or DEFAULT_BUDGET["cpu" if args.cpu else "cuda"])
             for name in names:
                 item = BY_NAME[name]
-                budget = min(args.item_budget.get(name, item.budget.get(mode, 0)), deadline - time.time())
+                left = deadline - time.time()
+                budget = min(args.item_budget.get(name, item.budget.get(mode, item.budget["cuda"])), left)
                 if mode == "cpu" and item.needs_gpu and not (item.cpu_smoke or args.only):
                     res = {"status": "needs-gpu", "seconds": 0.0,
                            "summary": f"needs a GPU (not smoke-run on CPU by default; --only {name} runs it)"}
-                elif budget < 3:
+                elif left < 3:
                     res = {"status": "skipped", "seconds": 0.0, "summary": "not started: the total time budget is spent"}
                 else:
                     report.update(name, status="running")
                     report.write()
-                    res = item_result(name, mode, budget, work, log)
+                    res = item_result(name, mode, budget, work, log, with_env=not report.data["env"], grace=args.grace)
+                    if res.get("env"):  # the first item's process: the mode it resolved and the environment
+                        mode, env = res.pop("mode_resolved"), res.pop("env")
+                        report.data.update(mode=mode, env=env)
+                        if not args.budget:  # the default total budget is the resolved mode's
+                            deadline = t0 + DEFAULT_BUDGET[mode]
+                        report.data["budget_s"] = round(deadline - t0, 1)
+                        print(f"mode {mode}: {env.get('gpu', 'no GPU')}; torch {env.get('torch')}, "
+                              f"Triton {env.get('triton')}, Python {env.get('python')}", flush=True)
                     res = as_smoke(item, res) if mode == "cpu" else res
                 res.pop("hard", None)
                 report.update(name, **res)
@@ -291,6 +289,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="report folder (default $GPU_REPORT_DIR, else runs/gpu-check)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary scratch folder")
+    ap.add_argument("--grace", type=float, default=GRACE_S,
+                    help=f"seconds past an item's budget before its process is killed (default {GRACE_S:g})")
     ap.add_argument("--item-budget", nargs="+", default=[], metavar="ITEM=SECONDS",
                     help="override an item's own budget (e.g. train_step=300 on a slow GPU)")
     args = ap.parse_args()

@@ -188,6 +188,7 @@ class Ctx:
         self.item = item
         self.deadline = time.time() + budget
         self.out = out
+        self.header: dict = {}  # the mode and environment, when this process reports them
 
     @property
     def scale(self) -> dict:
@@ -198,7 +199,7 @@ class Ctx:
 
     def partial(self, **fields) -> None:
         """Record what an item has measured so far (kept if the item is then killed)."""
-        write_record(self.out, {"item": self.item, "status": "running", **fields})
+        write_record(self.out, {**self.header, "item": self.item, "status": "running", **fields})
 
     def scratch(self, name: str) -> Path:
         path = self.work / self.item / name
@@ -1189,10 +1190,13 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
-def run_item(name: str, mode: str, budget: float, out: Path, work: Path) -> None:
-    """One item, its record written to `out`; an exception is the item's 'error', not a crash."""
+def run_item(name: str, mode: str, budget: float, out: Path, work: Path, with_env: bool = False) -> None:
+    """One item, its record written to `out`; an exception is the item's 'error', not a crash.
+    `with_env`: the record also carries the resolved mode and the environment."""
     ctx = Ctx(resolve_mode(mode), work, name, budget, out)
-    write_record(out, {"item": name, "status": "running"})  # torch is imported: the budget starts now
+    header = {"mode_resolved": ctx.mode, "env": environment(ctx.mode)} if with_env else {}
+    ctx.header = header
+    write_record(out, {"item": name, "status": "running", **header})  # torch is imported: the budget starts now
     print(f"\n======== {name} (budget {budget:.0f} s, {ctx.mode}) ========", flush=True)
     t0 = time.perf_counter()
     try:
@@ -1204,7 +1208,7 @@ def run_item(name: str, mode: str, budget: float, out: Path, work: Path) -> None
         if out.is_file():  # keep what the item had measured
             res = {**{k: v for k, v in json.loads(out.read_text()).items() if k in ("lines", "figures")}, **res}
     res["seconds"] = round(time.perf_counter() - t0, 2)
-    write_record(out, {"item": name, "pid": os.getpid(), **res})
+    write_record(out, {"item": name, "pid": os.getpid(), **header, **res})
 
 
 def main() -> int:
@@ -1214,6 +1218,7 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--env", action="store_true", help="write the mode and the environment, run no item")
+    ap.add_argument("--with-env", action="store_true", help="the item's record also holds mode and environment")
     ap.add_argument("--item", choices=list(BY_NAME))
     ap.add_argument("--mode", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--budget", type=float, default=60.0, help="seconds this item may take")
@@ -1225,7 +1230,7 @@ def main() -> int:
         mode = resolve_mode(args.mode)
         write_record(out, {"mode": mode, "env": environment(mode)})
     elif args.item:
-        run_item(args.item, args.mode, args.budget, out, Path(args.work))
+        run_item(args.item, args.mode, args.budget, out, Path(args.work), args.with_env)
     else:
         ap.error("give --env or --item")
     return 0

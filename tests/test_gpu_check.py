@@ -118,12 +118,14 @@ def test_each_item_runs_in_its_own_process(cpu_run):
 
 
 def test_an_item_past_its_budget_is_stopped_and_the_next_one_still_runs(tmp_path):
-    proc = run_check(tmp_path, "--only", "refine_equal", "gmm_cuda", "--item-budget", "refine_equal=1",
-                     "--budget", "200")
+    """train_step (seconds of model building and steps) given 1 s and no grace is killed there."""
+    proc = run_check(tmp_path, "--only", "train_step", "gmm_cuda", "--item-budget", "train_step=1", "--grace", "0",
+                     "--budget", "300")
     assert proc.returncode == 1, proc.stdout[-3000:]  # a timeout is a failure
     items = {i["item"]: i for i in json.loads((tmp_path / "gpu_report.json").read_text())["items"]}
-    assert items["refine_equal"]["status"] == "timeout" and "1 s budget" in items["refine_equal"]["summary"]
+    assert items["train_step"]["status"] == "timeout" and "1 s budget" in items["train_step"]["summary"]
     assert items["gmm_cuda"]["status"] == "needs-gpu" and items["gmm_cuda"]["smoke"] == "ok"
+    assert not list(tmp_path.glob("udaseg-gpu-check-*"))
 
 
 def test_the_check_imports_nothing_from_tests():
