@@ -64,7 +64,7 @@ from gpu_items import BY_NAME, REPO, child_env, fmt, kill_tree, tail  # noqa: E4
 
 ITEMS_SCRIPT = BENCH / "gpu_items.py"
 FORMAT = "udaseg.gpu_check.v1"
-DEFAULT_BUDGET = {"cuda": 450.0, "cpu": 240.0}  # seconds in all; the limit is 8 minutes on CUDA
+DEFAULT_BUDGET = {"cuda": 450.0, "cpu": 400.0}  # seconds in all; the limit is 8 minutes on CUDA
 GRACE_S = 5.0  # past an item's budget before its process group is killed
 STARTUP_S = 120.0  # an item process may take this long to import torch before its budget starts
 BAD = ("fail", "error", "timeout")

@@ -19,7 +19,7 @@ GPU_ITEMS = ["gmm_cuda", "pytest_cuda", "refine_speed", "train_step", "ddp_resum
 SMOKED = [i for i in GPU_ITEMS if i != "ddp_resume"]  # ddp_resume smoke-runs only with --only (3 torchruns)
 
 
-def run_check(out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_check(out: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "GPU_REPORT_DIR": str(out)}
     env.pop("PYTHONPATH", None)  # the script finds the package in the tree by itself
     # from another folder: nothing may depend on the current directory
@@ -32,7 +32,7 @@ def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     # a generous total budget: on a loaded machine items must not be skipped by the guard (~80 s idle;
     # each item imports torch in its own process)
-    proc = run_check(out, "--budget", "400")
+    proc = run_check(out, "--budget", "600")
     report = json.loads((out / "gpu_report.json").read_text()) if (out / "gpu_report.json").is_file() else None
     return proc, out, report
 
