@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fakedata import write_cityscapes  # noqa: E402
+from udaseg.testing.fakedata import write_cityscapes  # noqa: E402
 
 from udaseg.config import load_config, to_toml  # noqa: E402
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,8 +21,7 @@ import torch.nn.functional as F
 
 from udaseg.refine import class_thresholds, refine, rescale_thresholds
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from refine_cases import CASES, PUBLISHED_W, adversarial, scipy_refine  # noqa: E402  (the tests' maps)
+from udaseg.testing.refine_cases import CASES, PUBLISHED_W, adversarial, scipy_refine
 
 C = 16
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fakedata import write_cityscapes, write_synthia
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from udaseg.data.cityscapes import CityscapesDataset
 from udaseg.data.folder import ImageFolderDataset
 from udaseg.data.mapillary import MapillaryDataset

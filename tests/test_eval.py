@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from typer.testing import CliRunner
 
-from fakedata import write_cityscapes, write_synthia
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from udaseg.cli import app
 from udaseg.config import load_config, to_toml
 from udaseg.data.pngio import read_rgb, write_png
@@ -109,6 +110,8 @@ def test_eval_files_and_numbers_match_an_independent_pass(trained):
     np.testing.assert_allclose(got, expected_depth, rtol=2e-4, atol=1e-6)
     report = (out / "report.md").read_text()
     assert f"**{100 * s['miou']:.1f}**" in report and "| Ours (paper) | 85.3 |" in report and "| 48.2 | 55.5 |" in report
+    images = re.findall(r"^!\[[^]]+\]\(([^)]+)\)$", report, flags=re.M)  # the figures, shown, beside report.md
+    assert sorted(images) == ["confusion.png", "samples.png"] and all((out / f).is_file() for f in images)
     assert "mIoU" in result.output and "summary.json" in result.output
 
 

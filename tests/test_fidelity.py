@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 import udaseg.pipeline.self_train as stage2
 import udaseg.pipeline.train as stage1
 import udaseg.scoring as scoring
-from fakedata import interrupt_after, write_cityscapes, write_synthia
+from udaseg.testing.fakedata import interrupt_after, write_cityscapes, write_synthia
 from conftest import tiny_recipe
 from udaseg.checkpoint import load_checkpoint, pick_checkpoint
 from udaseg.cli import app

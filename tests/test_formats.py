@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fakedata import write_cityscapes, write_synthia
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from udaseg.config import Config, ConfigError, load_config
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.check import check_datasets

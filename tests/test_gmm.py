@@ -510,3 +510,29 @@ def test_target_statistics_match_a_sklearn_reference(tmp_path):
     assert back.invdepth_median == 42.0 and back.squash_reference_grid == GRID
     for key, values in built.target_stats.items():
         np.testing.assert_allclose(back.target_stats[key], values)
+
+
+def test_gmm_plot_legend_names_every_contour_in_its_colour():
+    """The left panel's legend: the points and one entry per contour level, in the contour's own colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from udaseg.pipeline.fit_gmm import CONTOUR_FRACTIONS, class_figure
+
+    model, _ = _random_model("full", num_classes=2)
+    pts = np.random.default_rng(0).uniform([0, 0, 1], [7, 5, 200], size=(300, 3)).astype(np.float32)
+    fig = class_figure(model, 1, pts)
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["sampled points", *(f"GMM pdf = peak × {f:g}" for f in sorted(CONTOUR_FRACTIONS, reverse=True))]
+    contour = next(c for c in ax.get_children() if type(c).__name__ == "QuadContourSet")
+    drawn = [tuple(np.round(c, 3)) for c in contour.get_edgecolor()]  # lowest level first
+    shown = [tuple(np.round(h.get_color(), 3)) for h in legend.legend_handles[1:]][::-1]
+    assert drawn == shown
+    # levels at the named fractions of the peak: their spacing is the fractions' (log10) spacing
+    assert np.allclose(np.diff(contour.levels), np.diff(np.log10(sorted(CONTOUR_FRACTIONS))))
+    assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["inverse depth 65536 / (depth in cm + 1)"] * 2
+    plt.close(fig)

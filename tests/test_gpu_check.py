@@ -19,7 +19,7 @@ GPU_ITEMS = ["gmm_cuda", "pytest_cuda", "refine_speed", "train_step", "ddp_resum
 SMOKED = [i for i in GPU_ITEMS if i != "ddp_resume"]  # ddp_resume smoke-runs only with --only (3 torchruns)
 
 
-def run_check(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_check(out: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "GPU_REPORT_DIR": str(out)}
     env.pop("PYTHONPATH", None)  # the script finds the package in the tree by itself
     # from another folder: nothing may depend on the current directory
@@ -30,8 +30,9 @@ def run_check(out: Path, *args: str, timeout: float = 300) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    # a generous total budget: on a loaded machine items must not be skipped by the guard (~50 s idle)
-    proc = run_check(out, "--budget", "240")
+    # a generous total budget: on a loaded machine items must not be skipped by the guard (~80 s idle;
+    # each item imports torch in its own process)
+    proc = run_check(out, "--budget", "600")
     report = json.loads((out / "gpu_report.json").read_text()) if (out / "gpu_report.json").is_file() else None
     return proc, out, report
 
@@ -108,3 +109,34 @@ def test_ddp_resume_item_on_cpu(tmp_path):
     assert item["verdict_at_toy_size"] == "pass" and "bit-identical" in item["summary"]
     diff = item["figures"]["resumed_vs_straight"]
     assert diff["model"]["unequal"] == diff["disc"]["unequal"] == 0 and item["figures"]["logs_equal"]
+
+
+def test_each_item_runs_in_its_own_process(cpu_run):
+    _, _, report = cpu_run
+    pids = [i["pid"] for i in report["items"] if "pid" in i]
+    assert len(pids) == 6 and len(set(pids)) == 6 and os.getpid() not in pids  # ddp_resume: not started on CPU
+
+
+def test_an_item_past_its_budget_is_stopped_and_the_next_one_still_runs(tmp_path):
+    """train_step (seconds of model building and steps) given 1 s and no grace is killed there."""
+    proc = run_check(tmp_path, "--only", "train_step", "gmm_cuda", "--item-budget", "train_step=1", "--grace", "0",
+                     "--budget", "300")
+    assert proc.returncode == 1, proc.stdout[-3000:]  # a timeout is a failure
+    items = {i["item"]: i for i in json.loads((tmp_path / "gpu_report.json").read_text())["items"]}
+    assert items["train_step"]["status"] == "timeout" and "1 s budget" in items["train_step"]["summary"]
+    assert items["gmm_cuda"]["status"] == "needs-gpu" and items["gmm_cuda"]["smoke"] == "ok"
+    assert not list(tmp_path.glob("udaseg-gpu-check-*"))
+
+
+def test_the_check_imports_nothing_from_tests():
+    """bench/ takes its fixtures from udaseg.testing: no tests/ on sys.path, no test module imported."""
+    import ast
+
+    test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    for script in ("gpu_check.py", "gpu_items.py", "refine.py", "eval.py"):
+        tree = ast.parse((ROOT / "bench" / script).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & test_modules, (script, imported & test_modules)
+        paths = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and "sys.path" in ast.unparse(n.func)]
+        assert not any("tests" in p or "TESTS" in p for p in paths), (script, paths)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fakedata import write_synthia
+from udaseg.testing.fakedata import write_synthia
 from conftest import tiny_recipe
 from udaseg.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from udaseg.cli import app

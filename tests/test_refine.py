@@ -17,7 +17,7 @@ from udaseg.errors import UdasegError
 from udaseg.refine import (_max_rounds, _refine_torch, class_thresholds, refine,
                            rescale_thresholds)
 
-from refine_cases import CASES, PUBLISHED_W, adversarial, scipy_refine, snake, spiral
+from udaseg.testing.refine_cases import CASES, PUBLISHED_W, adversarial, scipy_refine, snake, spiral
 
 
 # ---------------------------------------------------------------- thresholds

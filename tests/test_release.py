@@ -217,7 +217,7 @@ def test_cli_refusals_are_one_line_and_write_nothing(released, tmp_path):
 def tiny_targets(tmp_path_factory):
     from PIL import Image
 
-    from fakedata import write_cityscapes
+    from udaseg.testing.fakedata import write_cityscapes
 
     root = tmp_path_factory.mktemp("targets")
     write_cityscapes(root / "cityscapes", "val", 1, (128, 64))

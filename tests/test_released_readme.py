@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fakedata import write_cityscapes, write_synthia
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from release_files import release_state
 from udaseg.checkpoint import load_checkpoint
 from udaseg.cli import app

@@ -89,6 +89,34 @@ def test_target_files_have_cityscapes_format(tiny: Path) -> None:
     assert meta["complete"] and SynthConfig.from_dict(meta["config"]) == TINY
 
 
+def test_contact_sheet_titles_each_half_and_shows_a_class_legend(tiny: Path) -> None:
+    """Title text over the source half and over the target half (which starts after the wide white
+    gap between the halves), and a swatch of every class colour below the images."""
+    from udaseg.data.palette import palette_for
+    from udaseg.data.pngio import read_rgb
+    from udaseg.synth.generate import TITLE_HEIGHT
+
+    sheet = read_rgb(tiny / "contact_sheet.png").permute(1, 2, 0).numpy().astype(int)
+    pairs = min(4, TINY.num_source, TINY.num_target_train)
+    body = sheet[TITLE_HEIGHT:TITLE_HEIGHT + 128]  # the first pair of rows (128 px high)
+    white_cols = (body == 255).all(axis=(0, 2))
+    runs, start = [], None  # runs of all-white columns: 4 px between panels, wider between the halves
+    for x, white in enumerate([*white_cols, False]):
+        if white and start is None:
+            start = x
+        elif not white and start is not None:
+            runs.append((start, x))
+            start = None
+    split = max(runs, key=lambda r: r[1] - r[0])
+    assert split[1] - split[0] > 4
+    title_ink = (sheet[:TITLE_HEIGHT].max(axis=2) < 100).any(axis=0)  # dark text pixels per column
+    assert title_ink[:40].any() and not title_ink[split[0] - 4:split[1]].any() and title_ink[split[1]:split[1] + 40].any()
+    below = sheet[TITLE_HEIGHT + pairs * 132:].reshape(-1, 3)
+    colours = {tuple(c) for c in np.unique(below, axis=0)}
+    for i, name in enumerate(PROTOCOLS["synthia2cityscapes16"].classes):
+        assert tuple(int(v) for v in palette_for(16)[i]) in colours, name
+
+
 # ------------------------------------------------------------------ determinism and the folder policy
 
 

@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 import udaseg.pipeline.train as stage1
-from fakedata import interrupt_after, write_cityscapes, write_synthia
+from udaseg.testing.fakedata import interrupt_after, write_cityscapes, write_synthia
 from conftest import tiny_recipe
 from udaseg.cli import app
 from udaseg.config import load_config

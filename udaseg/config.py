@@ -170,6 +170,9 @@ class PseudoLabelConfig:
     # area from thresholds_size to refine_size
     threshold_scaling: Literal["none", "area"] = "none"
     max_images: int = 0  # label (and self-train on) the first N target images by name; 0 = all
+    # on CUDA, also refine the first batch with the torch path and refuse on any difference from
+    # the Triton kernel (one batch: well under 1 % of the stage)
+    verify_first_batch: bool = True
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Literal
 
@@ -207,16 +208,44 @@ def _triton_available() -> bool:
     return True
 
 
+def auto_backend(labels: torch.Tensor) -> str:
+    """What backend 'auto' runs for these labels: $UDASEG_REFINE_BACKEND if it names one, else
+    the Triton kernel for CUDA tensors when Triton imports (and has not failed in this process)."""
+    forced = os.environ.get("UDASEG_REFINE_BACKEND", "").strip().lower()
+    if forced in ("torch", "triton"):
+        return forced
+    return "triton" if _on_gpu(labels) and _TRITON_FAILURE is None and _triton_available() else "torch"
+
+
+def _on_gpu(labels: torch.Tensor) -> bool:
+    """Whether the kernel can serve these tensors (the tests' seam to take the kernel path on a CPU)."""
+    return labels.is_cuda
+
+
+_TRITON_FAILURE: str | None = None  # why the kernel failed in this process; 'auto' then stays on torch
+
+
+def _triton_failed(error: Exception) -> None:
+    """Remember the failure and say so once, on one line (stderr): the torch path takes over."""
+    global _TRITON_FAILURE
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    _TRITON_FAILURE = f"{type(error).__name__}: {first_line}"
+    print(f"warning: refine's Triton kernel failed ({_TRITON_FAILURE}); using the torch path for the rest of "
+          "this run (UDASEG_REFINE_BACKEND=torch skips the kernel)", file=sys.stderr, flush=True)
+
+
 def refine(labels: torch.Tensor, confidence: torch.Tensor, thresholds: torch.Tensor | Sequence[float],
            conf_threshold: float = 0.9, connectivity: int = 8, backend: Backend = "auto",
-           ) -> torch.Tensor:
+           verify: bool = False) -> torch.Tensor:
     """Refined pseudo-labels: same shape and dtype as ``labels``, 255 where dropped.
 
     ``labels`` is an integer [B, H, W] or [H, W] tensor, ``confidence`` a float tensor of the
     same shape, ``thresholds`` the minimum region size of each of the C classes. Labels that are
     already 255 (or ≥ C, or negative) count as not confident. ``backend`` 'auto' picks the
-    Triton kernel for CUDA tensors when Triton imports, unless the environment variable
-    ``UDASEG_REFINE_BACKEND`` is 'torch'.
+    Triton kernel for CUDA tensors (see `auto_backend`); if the kernel fails to compile or launch
+    there, the torch path gives the result and one warning line says why (an explicit
+    ``backend='triton'`` raises instead). ``verify`` also runs the torch path when the kernel ran
+    and raises `UdasegError` on any difference (pseudolabel's first batch).
     """
     if connectivity not in (4, 8):
         raise UdasegError(f"connectivity must be 4 or 8, got {connectivity}; "
@@ -228,28 +257,33 @@ def refine(labels: torch.Tensor, confidence: torch.Tensor, thresholds: torch.Ten
         raise UdasegError(f"labels must be an integer tensor, got {labels.dtype}")
     if labels.dtype in (torch.int8,):
         raise UdasegError("labels must hold 255 (ignore); use uint8 or a wider integer dtype")
+    if backend not in ("auto", "torch", "triton"):
+        raise UdasegError(f"unknown refine backend {backend!r}; use 'auto', 'torch' or 'triton'")
     squeeze = labels.ndim == 2
-    lab = labels.unsqueeze(0) if squeeze else labels
-    conf = confidence.unsqueeze(0) if squeeze else confidence
+    lab = (labels.unsqueeze(0) if squeeze else labels).contiguous()
+    conf = (confidence.unsqueeze(0) if squeeze else confidence).contiguous()
     thr = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
     if lab.numel() == 0:
-        out = lab.clone()
-    else:
-        choice = backend
-        if choice == "auto":
-            forced = os.environ.get("UDASEG_REFINE_BACKEND", "").strip().lower()
-            if forced in ("torch", "triton"):
-                choice = forced  # type: ignore[assignment]
-            else:
-                choice = "triton" if lab.is_cuda and _triton_available() else "torch"
-        if choice == "triton":
+        return labels.clone()
+    choice = auto_backend(lab) if backend == "auto" else backend
+    out = None
+    if choice == "triton":
+        try:
             from udaseg.refine_triton import refine_triton
 
-            out = refine_triton(lab.contiguous(), conf.contiguous(), thr.to(lab.device),
-                                conf_threshold, connectivity)
-        elif choice == "torch":
-            out, _ = _refine_torch(lab.contiguous(), conf.contiguous(), thr, conf_threshold,
-                                   connectivity)
-        else:
-            raise UdasegError(f"unknown refine backend {backend!r}; use 'auto', 'torch' or 'triton'")
+            out = refine_triton(lab, conf, thr.to(lab.device), conf_threshold, connectivity)
+        except Exception as error:  # compile, launch or driver errors of the kernel
+            if backend == "triton":
+                raise
+            _triton_failed(error)
+            out = None
+        if out is not None and verify:
+            reference, _ = _refine_torch(lab, conf, thr, conf_threshold, connectivity)
+            differ = int((reference != out).sum())
+            if differ:
+                raise UdasegError(f"refine: the Triton kernel differs from the torch path on {differ} of "
+                                  f"{out.numel()} pixels; set UDASEG_REFINE_BACKEND=torch to use the torch path "
+                                  "(and please report the GPU and Triton version)")
+    if out is None:
+        out, _ = _refine_torch(lab, conf, thr, conf_threshold, connectivity)
     return out.squeeze(0) if squeeze else out

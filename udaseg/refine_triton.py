@@ -14,10 +14,13 @@ One program per image row (the rows of every image of the batch are stacked). Fo
    run length per run (at the run's last pixel), not one per pixel.
 4. ``_finalize``: keep the label iff confident and size ≥ threshold[class], else 255.
 
-Correctness is checked on CPU with ``TRITON_INTERPRET=1`` (tests/test_refine.py).
+Correctness is checked on CPU with ``TRITON_INTERPRET=1`` (tests/test_refine.py); `compile_kernels`
+compiles every launch to sm_80 / sm_90 machine code without a GPU (tests/test_gpu_paths.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -148,6 +151,41 @@ def _finalize(key_ptr, parent_ptr, size_ptr, thr_ptr, out_ptr, W, BLOCK: tl.cons
     tl.store(out_ptr + base + x, out.to(out_ptr.dtype.element_ty), mask=inb)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of `refine_triton`: the kernel, its runtime arguments in order, its
+    compile-time constants and warp count. `launches` is the one place that builds them, so the
+    ahead-of-time compile (`compile_kernels`) sees exactly what a GPU run launches."""
+
+    kernel: object  # a triton JITFunction
+    args: tuple
+    constexprs: dict
+    num_warps: int
+
+
+def launches(labels: torch.Tensor, confidence: torch.Tensor, thresholds: torch.Tensor, out: torch.Tensor,
+             key: torch.Tensor, parent: torch.Tensor, size: torch.Tensor, conf_threshold: float,
+             connectivity: int) -> list[Launch]:
+    """The four launches for a [B, H, W] batch (any device: `compile_kernels` passes meta tensors)."""
+    _, h, w = labels.shape
+    block = triton.next_power_of_2(w)
+    warps = max(1, min(16, block // 256))
+    c = thresholds.numel()
+    return [
+        Launch(_init, (labels, confidence, key, parent, float(conf_threshold), w), {"C": c, "BLOCK": block}, warps),
+        Launch(_merge, (key, parent, w, h), {"EIGHT": connectivity == 8, "BLOCK": block}, warps),
+        Launch(_count, (key, parent, size, w), {"BLOCK": block}, warps),
+        Launch(_finalize, (key, parent, size, thresholds, out, w), {"BLOCK": block}, warps),
+    ]
+
+
+def _buffers(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, key, parent, size) for a batch of labels, on its device: `launches`' buffer arguments."""
+    n, dev = labels.numel(), labels.device
+    return (torch.empty_like(labels), torch.empty(n, dtype=torch.int32, device=dev),
+            torch.empty(n, dtype=torch.int32, device=dev), torch.zeros(n, dtype=torch.int32, device=dev))
+
+
 def refine_triton(labels: torch.Tensor, confidence: torch.Tensor, thresholds: torch.Tensor,
                   conf_threshold: float = 0.9, connectivity: int = 8) -> torch.Tensor:
     """Triton implementation of :func:`udaseg.refine.refine` for contiguous [B, H, W] tensors."""
@@ -155,19 +193,53 @@ def refine_triton(labels: torch.Tensor, confidence: torch.Tensor, thresholds: to
     n = labels.numel()
     if n >= 2**31 - 1:
         raise ValueError(f"refine_triton: {n} pixels exceed int32 indexing; split the batch")
-    rows = b * h
-    block = triton.next_power_of_2(w)
-    warps = max(1, min(16, block // 256))
-    dev = labels.device
-    key = torch.empty(n, dtype=torch.int32, device=dev)
-    parent = torch.empty(n, dtype=torch.int32, device=dev)
-    size = torch.zeros(n, dtype=torch.int32, device=dev)
-    out = torch.empty_like(labels)
-    thr = thresholds.to(device=dev, dtype=torch.float64).contiguous()
-    c = thr.numel()
-    _init[(rows,)](labels, confidence, key, parent, float(conf_threshold), w, C=c, BLOCK=block,
-                   num_warps=warps)
-    _merge[(rows,)](key, parent, w, h, EIGHT=connectivity == 8, BLOCK=block, num_warps=warps)
-    _count[(rows,)](key, parent, size, w, BLOCK=block, num_warps=warps)
-    _finalize[(rows,)](key, parent, size, thr, out, w, BLOCK=block, num_warps=warps)
+    out, key, parent, size = _buffers(labels)
+    thr = thresholds.to(device=labels.device, dtype=torch.float64).contiguous()
+    for launch in launches(labels, confidence, thr, out, key, parent, size, conf_threshold, connectivity):
+        launch.kernel[(b * h,)](*launch.args, **launch.constexprs, num_warps=launch.num_warps)
     return out
+
+
+# The dtypes `refine` meets: pseudolabel (uint8 labels, fp32 softmax), predict under amp (fp16 / bf16
+# softmax), and wider integer labels from library callers.
+COMPILE_DTYPES = ((torch.uint8, torch.float32), (torch.uint8, torch.float16), (torch.uint8, torch.bfloat16),
+                  (torch.int64, torch.float32))
+
+
+def compile_kernels(capability: int, width: int = 2048, num_classes: int = 16,
+                    dtypes=COMPILE_DTYPES, connectivities=(4, 8)) -> list[str]:
+    """Compile every distinct launch of `refine_triton` for CUDA compute capability `capability`
+    (80 = A100, 90 = H100) down to a cubin, with no GPU: Triton's front end, its LLVM lowering and
+    the ptxas shipped in the wheel. Catches type and lowering errors that TRITON_INTERPRET=1 cannot.
+    Raises on the first compile error; returns one line per compiled kernel."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction, mangle_type
+
+    target = GPUTarget("cuda", capability, 32)
+    seen, done = set(), []
+    thr = torch.empty(num_classes, dtype=torch.float64, device="meta")
+    for label_dtype, conf_dtype in dtypes:
+        labels = torch.empty(2, 8, width, dtype=label_dtype, device="meta")
+        confidence = torch.empty(labels.shape, dtype=conf_dtype, device="meta")
+        for connectivity in connectivities:
+            for launch in launches(labels, confidence, thr, *_buffers(labels), 0.9, connectivity):
+                kernel = launch.kernel
+                if not isinstance(kernel, JITFunction):
+                    raise RuntimeError(f"{getattr(kernel, '__name__', kernel)} is not a compiled Triton kernel "
+                                       "(TRITON_INTERPRET=1 is set?): unset it to compile")
+                runtime = iter(launch.args)
+                signature = {name: "constexpr" if name in launch.constexprs else mangle_type(next(runtime))
+                             for name in kernel.arg_names}
+                name = kernel.fn.__name__
+                ident = (name, tuple(signature.items()), tuple(sorted(launch.constexprs.items())), launch.num_warps)
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                src = ASTSource(fn=kernel, signature=signature, constexprs=dict(launch.constexprs))
+                compiled = triton.compile(src, target=target, options={"num_warps": launch.num_warps})
+                if not compiled.asm.get("cubin"):
+                    raise RuntimeError(f"{name}: Triton produced no cubin for sm_{capability}")
+                done.append(f"sm_{capability} {name}({', '.join(v for v in signature.values() if v != 'constexpr')}) "
+                            f"{launch.constexprs} warps={launch.num_warps}: {len(compiled.asm['cubin'])} bytes")
+    return done

@@ -180,9 +180,21 @@ def markdown_report(summary: dict, files: Sequence[str] = ()) -> str:
     else:
         lines += ["No depth ground truth in this split: depth metrics skipped.", ""]
     lines += heads_markdown(summary.get("heads"))
+    figures = [name for name in FIGURE_CAPTIONS if name in files]
+    if figures:
+        lines += ["## Figures", ""]
+        for name in figures:
+            lines += [f"![{FIGURE_CAPTIONS[name]}]({name})", "", f"*{FIGURE_CAPTIONS[name]}*", ""]
     if files:
         lines += ["## Files", "", *(f"- `{f}`" for f in files), ""]
     return "\n".join(lines)
+
+
+# eval's figures, in the order report.md shows them (as images, linked relative to report.md)
+FIGURE_CAPTIONS = {
+    "samples.png": "Samples: image, ground truth, prediction, predicted depth (m) and density per row",
+    "confusion.png": "Confusion matrix, each ground-truth row normalised to 100 %",
+}
 
 
 def heads_markdown(heads: dict | None) -> list[str]:
@@ -294,28 +306,118 @@ def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     return _png_bytes(fig)
 
 
-def samples_png(samples, protocol: Protocol) -> bytes:
-    """The paper's Figure 2 layout: image, ground truth, prediction, depth, density per row."""
+def class_legend(ax, protocol: Protocol, ignore: bool = True, ncol: int | None = None) -> None:
+    """A legend of every class of the protocol (its colour swatch and name) on an empty axes."""
+    from matplotlib.patches import Patch
+
+    from udaseg.data.palette import IGNORE_COLOUR, palette_for
+
+    table = palette_for(protocol) / 255.0
+    handles = [Patch(facecolor=table[i], edgecolor="0.3", linewidth=0.5, label=name)
+               for i, name in enumerate(protocol.classes)]
+    if ignore:
+        handles.append(Patch(facecolor=np.array(IGNORE_COLOUR) / 255.0, edgecolor="0.3", linewidth=0.5,
+                             label="ignore / unlabelled"))
+    ax.axis("off")
+    ax.legend(handles=handles, loc="center", ncol=ncol or min(len(handles), 6), fontsize=8, frameon=False,
+              title="classes (ground truth and prediction)", title_fontsize=8, handlelength=1.6,
+              columnspacing=1.2)
+
+
+def _depth_norm(metres: list[np.ndarray | None]):
+    """A shared colour scale for the depth panels: log when the range spans > 4x, else linear."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    finite = np.concatenate([m[np.isfinite(m)] for m in metres if m is not None] or [np.zeros(0)])
+    if not finite.size:
+        return None
+    lo, hi = (float(v) for v in np.percentile(finite, (1, 99)))
+    hi = max(hi, lo * 1.05 + 1e-3)
+    return LogNorm(lo, hi) if hi > 4 * lo else Normalize(lo, hi)
+
+
+def _nice_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks inside [lo, hi], for a log colour bar read in plain metres."""
+    ticks = [m * 10.0 ** e for e in range(-2, 4) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    return ticks if len(ticks) >= 2 else [lo, hi]
+
+
+def samples_figure(samples, protocol: Protocol):
+    """The paper's Figure 2 layout as a matplotlib figure: image, ground truth, prediction, depth
+    (metres) and density per row, every panel in the label's geometry, with a class legend and one
+    colour bar per continuous column (shared by its rows, so rows compare)."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
+
+    from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, MIN_DEPTH_M
     from udaseg.data.palette import colorize
 
     plt = _pyplot()
-    cols = ("image", "ground truth", "prediction", "depth (inverse)", "density")
-    fig, axes = plt.subplots(len(samples), len(cols), figsize=(3.2 * len(cols), 1.9 * len(samples) + 0.4), squeeze=False)
-    for row, s in zip(axes, samples):
-        panels = (s.image, colorize(s.label, protocol), colorize(s.pred, protocol), s.depth, s.density)
-        cmaps = (None, None, None, "magma", "viridis")
-        for ax, panel, cmap in zip(row, panels, cmaps):
-            if panel is None:
-                ax.text(0.5, 0.5, "–", ha="center", va="center")
-            else:
-                ax.imshow(panel, cmap=cmap, interpolation="nearest")
+    n = len(samples)
+    h, w = samples[0].label.shape
+    extent = (0, w, h, 0)  # every panel drawn into the label's box: one geometry for all five columns
+    metres = [None if s.depth is None else
+              np.where(s.depth > 0, (INVDEPTH_SCALE / np.maximum(s.depth, 1e-6) - 1.0) / 100.0, np.nan)
+              .clip(MIN_DEPTH_M, MAX_DEPTH_M) for s in samples]
+    depth_norm = _depth_norm(metres)
+    depth_cmap = plt.get_cmap("magma_r").with_extremes(bad="0.6")  # grey: no positive inverse depth, no distance
+    dens = [s.density for s in samples if s.density is not None]
+    density_range = (min(0.0, min(float(d.min()) for d in dens)), max(float(d.max()) for d in dens) + 1e-6) if dens else None
+
+    panel_w = 2.6
+    panel_h = panel_w * h / w
+    fig = plt.figure(figsize=(5 * panel_w + 0.4, n * (panel_h + 0.35) + 1.7))
+    gs = fig.add_gridspec(n + 1, 5, height_ratios=[panel_h] * n + [1.2], hspace=0.22, wspace=0.05,
+                          left=0.02, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.02)
+    cols = ("image (network input)", "ground truth", "prediction", "predicted depth", "predicted density D")
+    depth_im = density_im = None
+    no_depth = False
+    for r, s in enumerate(samples):
+        panels = (s.image, colorize(s.label, protocol), colorize(s.pred, protocol), metres[r], s.density)
+        for c, panel in enumerate(panels):
+            ax = fig.add_subplot(gs[r, c])
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(s.name, fontsize=7)
-    for ax, title in zip(axes[0], cols):
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _png_bytes(fig, dpi=110)
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+            if c == 0:
+                ax.set_xlabel(s.name, fontsize=7, labelpad=2)
+            if panel is None:
+                ax.set_xlim(0, w)
+                ax.set_ylim(h, 0)
+                ax.set_aspect("equal")
+                ax.text(w / 2, h / 2, "not predicted", ha="center", va="center", fontsize=8, color="0.4")
+            elif c == 3:
+                depth_im = ax.imshow(panel, cmap=depth_cmap, norm=depth_norm, extent=extent, interpolation="nearest")
+                no_depth |= bool(np.isnan(panel).any())
+            elif c == 4:
+                density_im = ax.imshow(panel, cmap="viridis", vmin=density_range[0], vmax=density_range[1],
+                                       extent=extent, interpolation="nearest")
+            else:
+                ax.imshow(panel, extent=extent, interpolation="nearest")
+    class_legend(fig.add_subplot(gs[n, :3]), protocol, ncol=4 if protocol.num_classes > 8 else 3)
+    bars = ((3, depth_im, "depth (m)" + (", log scale" if isinstance(depth_norm, LogNorm) else "")
+             + ("; grey: none predicted" if no_depth else "")),
+            (4, density_im, "density D (no unit): the squashed GMM\nlikelihood of the predicted class, 0 = unlikely"))
+    for c, im, label in bars:
+        holder = fig.add_subplot(gs[n, c])
+        holder.axis("off")
+        if im is None:
+            continue
+        cax = holder.inset_axes((0.06, 0.72, 0.88, 0.14))
+        bar = fig.colorbar(im, cax=cax, orientation="horizontal")
+        if c == 3 and isinstance(depth_norm, LogNorm):
+            bar.ax.xaxis.set_major_locator(FixedLocator(_nice_ticks(depth_norm.vmin, depth_norm.vmax)))
+            bar.ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+            bar.ax.xaxis.set_minor_locator(NullLocator())
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def samples_png(samples, protocol: Protocol) -> bytes:
+    """`samples.png`: the figure of `samples_figure` as PNG bytes."""
+    return _png_bytes(samples_figure(samples, protocol), dpi=110)
 
 
 def summary_json(summary: dict) -> str:

@@ -8,10 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
+# where `amp` turns bf16 autocast on. CPU bf16 is slower than fp32 for convs, so only CUDA; the
+# tests add "cpu" to run the CUDA precision path (bf16 activations, fp32 losses) on a CPU.
+AUTOCAST_DEVICES: tuple[str, ...] = ("cuda",)
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 is slower than fp32 for convs)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on the AUTOCAST_DEVICES (CUDA); a no-op elsewhere."""
+    if enabled and device.type in AUTOCAST_DEVICES:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

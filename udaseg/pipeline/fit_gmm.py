@@ -309,9 +309,13 @@ def build_model(result: PassResult, gmms: list[ClassGMM], protocol: str, class_n
 # ====================================================================== plots
 
 
+CONTOUR_FRACTIONS = (0.5, 0.1, 0.01, 1e-3, 1e-4)  # the GMM plots' contours, as fractions of the peak pdf
+INVDEPTH_LABEL = "inverse depth 65536 / (depth in cm + 1)"
+
+
 def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, max_points: int = 2500,
                 seed: int = 0) -> list[Path]:
-    """One PNG per class: inverse depth vs row (points + GMM contours) and the depth marginal.
+    """One PNG per class (see `class_figure`); at most `max_points` points drawn per class.
 
     matplotlib is optional: without it the plots are skipped with a warning.
     """
@@ -327,47 +331,10 @@ def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, m
 
     rng = np.random.default_rng(seed)
     written = []
-    gw, gh = model.grid_size
-    for c, (name, g, pts) in enumerate(zip(model.class_names, model.gmms, samples)):
+    for c, (name, pts) in enumerate(zip(model.class_names, samples)):
         if len(pts) > max_points:
             pts = pts[rng.choice(len(pts), max_points, replace=False)]
-        d_hi = float(np.percentile(pts[:, 2], 99.5)) * 1.1 if len(pts) else float(g.means[:, 2].max() * 2 + 1)
-        d_lo = min(0.0, float(pts[:, 2].min()) if len(pts) else 0.0)
-        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
-        rows = np.linspace(0, gh - 1, 60)
-        ds = np.linspace(d_lo, d_hi, 100)
-        R, D = np.meshgrid(rows, ds, indexing="ij")
-        dens = _marginal_pdf(g, np.stack([R.ravel(), D.ravel()], 1), dims=(1, 2)).reshape(R.shape)
-        ax1.scatter(pts[:, 2], pts[:, 1], s=2, alpha=0.25, color="tab:blue", label="sampled points", rasterized=True)
-        if np.isfinite(dens).all() and dens.max() > 0:  # log contours: 4 decades below the peak
-            log_d = np.log10(np.maximum(dens, dens.max() * 1e-6))
-            ax1.contour(D, R, log_d, levels=np.linspace(log_d.max() - 4, log_d.max(), 9)[:-1], cmap="autumn")
-        ax1.set_xlim(d_lo, d_hi)
-        ax1.set_ylim(gh - 0.5, -0.5)
-        ax1.set_xlabel("inverse depth 65536/(cm+1)")
-        ax1.set_ylabel("grid row (0 = top)")
-        ax1.set_title("points and GMM (row, inverse depth) marginal")
-        if len(pts):
-            ax2.hist(pts[:, 2], bins=80, range=(d_lo, d_hi), density=True, color="tab:blue", alpha=0.5,
-                     label="sampled points")
-        ax2.plot(ds, _marginal_pdf(g, ds[:, None], dims=(2,)), color="tab:red", label=f"GMM (K={g.n_components})")
-        ax2.set_xlabel("inverse depth 65536/(cm+1)")
-        ax2.set_ylabel("density")
-        ax2.set_title("depth marginal")
-        ax2.legend(loc="upper right", fontsize=8)
-        if len(pts):  # what the density head is trained towards on this class's correct pixels
-            feats = torch.as_tensor(np.asarray(pts, dtype=np.float64))
-            targets = model.squash_log(model.log_pdf(feats, torch.full((len(pts),), c))).numpy()
-            ax3.hist(targets, bins=51, range=(0, model.squash_max), color="tab:green", alpha=0.7)
-        stats = {k: model.target_stats[k][c] for k in model.target_stats} if model.target_stats else {}
-        ax3.set_xlabel(f"source target D_s (squash scale {model.squash_scale:.3g})")
-        ax3.set_ylabel("points")
-        ax3.set_title("D_s on correct pixels" + (
-            f": {stats['target_fraction_zero']:.0%} zero, {stats['target_fraction_saturated']:.0%} ≥ 0.99·max, "
-            f"median {stats['target_median_positive']:.0f}" if stats else ""), fontsize=9)
-        fig.suptitle(f"{c:02d} {name}: {g.n_points} points, frequency {model.frequencies[c]:.4f}"
-                     + (f", fallback {g.fallback}" if g.fallback != "none" else ""))
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.84, wspace=0.22)  # tight_layout costs more than the drawing
+        fig = class_figure(model, c, pts)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
@@ -375,6 +342,63 @@ def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, m
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)
     return written
+
+
+def class_figure(model: DepthGMM, c: int, pts: np.ndarray):
+    """Class c's figure: its points in (inverse depth, row) under the GMM's contours, the depth
+    marginal against the points' histogram, and the source targets D_s the points receive."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    name, g = model.class_names[c], model.gmms[c]
+    gw, gh = model.grid_size
+    d_hi = float(np.percentile(pts[:, 2], 99.5)) * 1.1 if len(pts) else float(g.means[:, 2].max() * 2 + 1)
+    d_lo = min(0.0, float(pts[:, 2].min()) if len(pts) else 0.0)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    rows = np.linspace(0, gh - 1, 60)
+    ds = np.linspace(d_lo, d_hi, 100)
+    R, D = np.meshgrid(rows, ds, indexing="ij")
+    dens = _marginal_pdf(g, np.stack([R.ravel(), D.ravel()], 1), dims=(1, 2)).reshape(R.shape)
+    ax1.scatter(pts[:, 2], pts[:, 1], s=2, alpha=0.25, color="tab:blue", label="sampled points", rasterized=True)
+    contour_handles = []
+    if np.isfinite(dens).all() and dens.max() > 0:  # contours at fixed fractions of the peak
+        log_d = np.log10(np.maximum(dens, dens.max() * 1e-6))
+        fractions = sorted(CONTOUR_FRACTIONS)  # contour levels must rise; red = far from the peak, yellow = near
+        colours = plt.get_cmap("autumn")(np.linspace(0, 0.85, len(fractions)))
+        ax1.contour(D, R, log_d, levels=log_d.max() + np.log10(fractions), colors=colours, linewidths=1.2)
+        contour_handles = [Line2D([], [], color=col, lw=1.2, label=f"GMM pdf = peak × {frac:g}")
+                           for frac, col in zip(fractions, colours)][::-1]
+    ax1.set_xlim(d_lo, d_hi)
+    ax1.set_ylim(gh - 0.5, -0.5)
+    ax1.set_xlabel(INVDEPTH_LABEL)
+    ax1.set_ylabel("grid row (0 = top)")
+    ax1.set_title("points and the GMM's (row, inverse depth) marginal")
+    ax1.legend(handles=[Line2D([], [], ls="", marker="o", ms=3, color="tab:blue", label="sampled points"),
+                        *contour_handles], loc="upper right", fontsize=7, framealpha=0.85)  # near and high: rarely any points
+    if len(pts):
+        ax2.hist(pts[:, 2], bins=80, range=(d_lo, d_hi), density=True, color="tab:blue", alpha=0.5,
+                 label="sampled points")
+    ax2.plot(ds, _marginal_pdf(g, ds[:, None], dims=(2,)), color="tab:red", label=f"GMM (K={g.n_components})")
+    ax2.set_xlabel(INVDEPTH_LABEL)
+    ax2.set_ylabel("probability density")
+    ax2.set_title("depth marginal")
+    ax2.legend(loc="upper right", fontsize=8)
+    if len(pts):  # what the density head is trained towards on this class's correct pixels
+        feats = torch.as_tensor(np.asarray(pts, dtype=np.float64))
+        targets = model.squash_log(model.log_pdf(feats, torch.full((len(pts),), c))).numpy()
+        ax3.hist(targets, bins=51, range=(0, model.squash_max), color="tab:green", alpha=0.7,
+                 label="D_s of the sampled points")
+        ax3.legend(loc="upper center", fontsize=8)
+    stats = {k: model.target_stats[k][c] for k in model.target_stats} if model.target_stats else {}
+    ax3.set_xlabel(f"source target D_s, 0 to {model.squash_max:g}, no unit (squash scale {model.squash_scale:.3g})")
+    ax3.set_ylabel("number of points")
+    ax3.set_title("D_s on correct pixels" + (
+        f": {stats['target_fraction_zero']:.0%} zero, {stats['target_fraction_saturated']:.0%} ≥ 0.99·max, "
+        f"median {stats['target_median_positive']:.0f}" if stats else ""), fontsize=9)
+    fig.suptitle(f"{c:02d} {name}: {g.n_points} points, frequency {model.frequencies[c]:.4f}"
+                 + (f", fallback {g.fallback}" if g.fallback != "none" else ""))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.84, wspace=0.22)  # tight_layout costs more than the drawing
+    return fig
 
 
 def _marginal_pdf(g: ClassGMM, x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:

@@ -129,15 +129,15 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
         task = bar.add_task("pseudolabel", total=len(mine), info="")
         if mine:
             loader = make_loader(Subset(dataset, mine), config.inference.batch_size, workers)
-            for batch in loader:
+            for step, batch in enumerate(loader):
                 images = batch["image"].to(env.device, non_blocking=True)
                 pred, conf = predict(model, images, (height, width), config.inference.amp)
                 if "valid" in batch:  # letterbox padding (data.target_fit) is never a pseudo-label
                     pred = torch.where(padding_at(batch["valid"], (height, width), pred.device),
                                        torch.full_like(pred, IGNORE), pred)
                 confident = torch.where(conf >= pl.conf_threshold, pred, torch.full_like(pred, IGNORE))
-                refined = (refine(pred, conf, thresholds, pl.conf_threshold, pl.connectivity)
-                           if do_refine else confident)
+                refined = (refine(pred, conf, thresholds, pl.conf_threshold, pl.connectivity,
+                                  verify=step == 0 and pl.verify_first_batch) if do_refine else confident)
                 _accumulate(counts, pred, confident, refined, batch.get("label"), C)
                 for name, array in zip(batch["name"], refined.cpu().numpy()):
                     colour_path = colour_dir / f"{name}.png" if colour else None

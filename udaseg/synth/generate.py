@@ -175,14 +175,66 @@ def _resize(image: np.ndarray, height: int, nearest: bool) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.NEAREST if nearest else Image.BILINEAR))
 
 
+SHEET_TITLES = ("SOURCE (SYNTHIA format): image | labels | depth",
+                "TARGET (Cityscapes format, train split): image | labels | depth")
+SHEET_DEPTH_NOTE = "depth: near = bright, far = dark (log scale, 1 m to 200 m); black = no depth (sky)"
+WHITE = 255
+TITLE_HEIGHT = 22  # the title band above the images
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def text_band(text: str, width: int, height: int = TITLE_HEIGHT, size: int = 14) -> np.ndarray:
+    """A white [height, width, 3] strip with `text` in black, left-aligned (the sheet's captions)."""
+    from PIL import Image, ImageDraw
+
+    band = Image.new("RGB", (width, height), (WHITE,) * 3)
+    ImageDraw.Draw(band).text((4, (height - size) // 2 - 1), text, fill=(0, 0, 0), font=_font(size))
+    return np.asarray(band)
+
+
+def legend_band(names, colours: np.ndarray, width: int, size: int = 12) -> np.ndarray:
+    """Class swatches with their names, wrapped over as many rows as `width` needs."""
+    from PIL import Image, ImageDraw
+
+    font, pad, sw = _font(size), 6, size
+    items = [(n, tuple(int(v) for v in c)) for n, c in zip(names, colours)]
+    widths = [sw + 4 + int(font.getlength(n)) + 14 for n, _ in items]
+    rows, x = [[]], pad
+    for item, w in zip(items, widths):
+        if x + w > width and rows[-1]:
+            rows.append([])
+            x = pad
+        rows[-1].append((item, x))
+        x += w
+    line = size + 6
+    band = Image.new("RGB", (width, pad + line * len(rows)), (WHITE,) * 3)
+    draw = ImageDraw.Draw(band)
+    for r, row in enumerate(rows):
+        y = pad + r * line
+        for (name, colour), x in row:
+            draw.rectangle((x, y, x + sw, y + sw), fill=colour, outline=(80, 80, 80))
+            draw.text((x + sw + 4, y - 1), name, fill=(0, 0, 0), font=font)
+    return np.asarray(band)
+
+
 def contact_sheet(out: Path, cfg: SynthConfig, pairs: int = 4, height: int = 128) -> Path | None:
-    """Source/target pairs read back from disk: RGB, labels in the Cityscapes palette, depth."""
+    """Source/target pairs read back from disk: RGB, labels in the Cityscapes palette, depth, under
+    a title over each half and above a class legend and a note on the depth colours."""
     protocol = PROTOCOLS["synthia2cityscapes16"]
     palette = palette_for(protocol)
     n = min(pairs, cfg.num_source, cfg.num_target_train)
     if n == 0:
         return None
     rows = []
+    gap = 4
     for i in range(n):
         src = item_paths(out, cfg, "source", i)
         tgt = item_paths(out, cfg, "target-train", i)
@@ -195,14 +247,26 @@ def contact_sheet(out: Path, cfg: SynthConfig, pairs: int = 4, height: int = 128
         cam = json.loads(tgt["camera"].read_text())
         with np.errstate(divide="ignore"):
             t_dep = np.where(t_p > 0, cam["extrinsic"]["baseline"] * cam["intrinsic"]["fx"] / ((t_p - 1) / 256.0), 0)
-        panels = [
-            _resize(s_rgb, height, False), _resize(palette[protocol.source_lut[s_lab]], height, True),
-            _resize(_depth_colours(s_dep, s_dep >= SKY_DEPTH - 0.01), height, True),
-            _resize(t_rgb, height, False), _resize(palette[protocol.target_lut[t_lab]], height, True),
-            _resize(_depth_colours(t_dep, t_p == 0), height, True)]
-        gap = np.full((height, 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1))
-    sheet = np.concatenate([x for r in rows for x in (r, np.full((4, r.shape[1], 3), 255, np.uint8))][:-1], axis=0)
+        halves = []
+        for panels in ((_resize(s_rgb, height, False), _resize(palette[protocol.source_lut[s_lab]], height, True),
+                        _resize(_depth_colours(s_dep, s_dep >= SKY_DEPTH - 0.01), height, True)),
+                       (_resize(t_rgb, height, False), _resize(palette[protocol.target_lut[t_lab]], height, True),
+                        _resize(_depth_colours(t_dep, t_p == 0), height, True))):
+            sep = np.full((height, gap, 3), WHITE, np.uint8)
+            halves.append(np.concatenate([x for p in panels for x in (p, sep)][:-1], axis=1))
+        rows.append(halves)
+    split = 6 * gap  # a wider white gap between the source and the target half
+    widths = [rows[0][0].shape[1], rows[0][1].shape[1]]
+    titles = np.concatenate([text_band(SHEET_TITLES[0], widths[0] + split), text_band(SHEET_TITLES[1], widths[1])], axis=1)
+    body = [np.concatenate([r[0], np.full((height, split, 3), WHITE, np.uint8), r[1]], axis=1) for r in rows]
+    total = titles.shape[1]
+    names = [*protocol.classes, "unlabelled"]
+    colours = np.concatenate([palette[:protocol.num_classes], palette[[255]]])
+    parts = [titles]
+    for r in body:
+        parts += [r, np.full((gap, total, 3), WHITE, np.uint8)]
+    parts += [text_band(SHEET_DEPTH_NOTE, total, size=12), legend_band(names, colours, total)]
+    sheet = np.concatenate(parts, axis=0)
     path = out / "contact_sheet.png"
     write_png(path, sheet)
     return path

@@ -1,4 +1,4 @@
-"""Maps for the spatial-prior refinement, shared by tests/test_refine.py and bench/refine.py:
+"""Maps for the spatial-prior refinement, shared by tests/test_refine.py, bench/refine.py and bench/gpu_items.py:
 adversarial cases for connected-component labelling and the scipy class-by-class reference."""
 
 from __future__ import annotations
