@@ -142,7 +142,7 @@ BASE = {
     "train.iterations": 2, "train.batch_size_source": 1, "train.batch_size_target": 1, "train.checkpoint_every": 100,
     "train.log_every": 1, "train.amp": True, "train.ablation": "m2", "train.head_targets": "normalized",
     "train.eval_every": 0, "train.select": "final", "eval.batch_size": 2, "eval.num_figure_samples": 1, "pseudolabel.refine_size": list(SIZE),
-    "pseudolabel.batch_size": 2, "pseudolabel.conf_threshold": 0.0,
+    "inference.batch_size": 2, "pseudolabel.conf_threshold": 0.0,
 }
 
 

@@ -192,8 +192,8 @@ def markdown_report(summary: dict, files: Sequence[str] = ()) -> str:
 
 # eval's figures, in the order report.md shows them (as images, linked relative to report.md)
 FIGURE_CAPTIONS = {
-    "samples.png": "Samples: image, ground truth, prediction, predicted depth (m) and density per row",
-    "confusion.png": "Confusion matrix, each ground-truth row normalised to 100 %",
+    SAMPLES_PLOT: "Samples: image, ground truth, prediction, predicted depth (m) and density per row",
+    CONFUSION_PLOT: "Confusion matrix, each ground-truth row normalised to 100 %",
 }
 
 
