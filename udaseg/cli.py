@@ -15,7 +15,7 @@ app = typer.Typer(
         "Use the adapted model: predict (any images) | export (TorchScript / ONNX)"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

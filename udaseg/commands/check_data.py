@@ -32,9 +32,9 @@ def check_data(
     corrupt), mis-sized or wrongly encoded file, in file order. The exit code is 1 if any
     problem is found.
     """
+    cfg = resolve_config(config, set_)
     from udaseg.data.check import check_datasets
 
-    cfg = resolve_config(config, set_)
     reports = check_datasets(cfg, data_root, sample=sample, all_files=all_files, workers=workers,
                              progress=all_files)
     table = Table(title=f"datasets of {cfg.experiment.name} ({cfg.experiment.protocol})")

@@ -36,6 +36,8 @@ WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader workers (
 
 
 def resolve_config(config: Path | None, overrides: list[str] | None) -> Config:
+    """The recipe with overrides applied. Commands call it before importing torch-heavy modules, so a
+    missing or invalid recipe is refused in a fraction of a second."""
     return load_config(config, overrides or [])
 
 

@@ -36,11 +36,11 @@ def evaluate(
     samples.png and config.toml. `udaseg compare A/summary.json B/summary.json ...` puts several runs in
     one table.
     """
+    cfg = resolve_config(config, set_)
     from udaseg.layout import RunLayout
     from udaseg.pipeline.evaluate import evaluate_checkpoint, resolve_checkpoint
     from udaseg.report import checkpoint_line, console_table
 
-    cfg = resolve_config(config, set_)
     layout = RunLayout.for_config(cfg, runs_root)
     chosen = resolve_checkpoint(layout, checkpoint, cfg.train.select)
     if chosen.note:

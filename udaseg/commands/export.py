@@ -47,12 +47,13 @@ def export(
     logits at the input's size. Export fails, writing nothing, unless the file reproduces PyTorch's outputs
     within --tolerance on a real image.
     """
-    from udaseg.layout import RunLayout
-    from udaseg.pipeline.export import FORMATS, run_export
-
-    if format not in FORMATS:
-        fail(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    if format not in SUFFIX:  # the argument checks come before torch is imported, so they answer at once
+        fail(f"--format {format!r}: choose one of {', '.join(SUFFIX)}")
+    size = parse_size(input_size, "--input-size")
     ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
+    from udaseg.layout import RunLayout
+    from udaseg.pipeline.export import run_export
+
     if out is None:
         out = RunLayout.for_config(cfg, runs_root).root / "export" / f"model{SUFFIX[format]}"
     image = verify_image or default_verify_image(cfg, data_root)
@@ -60,7 +61,7 @@ def export(
         fail("no verification image: pass --verify-image PATH (a real photo, e.g. a Cityscapes frame), or "
              "--data-root so the recipe's target images are found")
     result = run_export(cfg, ckpt, format, out, image, with_depth=depth, tolerance=tolerance,
-                        input_size=parse_size(input_size, "--input-size"))
+                        input_size=size)
     for check in result.verification["checks"]:
         diffs = ", ".join(f"{k} {v['relative']:.1e}" for k, v in check.items() if isinstance(v, dict))
         console.print(f"verified {check['input']}: max |diff| / range: {diffs}; argmax agreement "

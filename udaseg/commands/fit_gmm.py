@@ -28,8 +28,6 @@ def fit_gmm(
     """Fit the per-class depth GMMs over (column, row, inverse depth) on the source set and write gmm.h5."""
     import warnings
 
-    from udaseg.pipeline.fit_gmm import run_fit_gmm
-
     overrides = list(set_ or [])
     for key, value in (("points_per_class", points_per_class), ("components", components),
                        ("select_k", select_k), ("max_images", max_images)):
@@ -38,6 +36,8 @@ def fit_gmm(
     if covariance is not None:
         overrides.append(f'gmm.covariance="{covariance}"')
     cfg = resolve_config(config, overrides)
+    from udaseg.pipeline.fit_gmm import run_fit_gmm
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots)

@@ -28,18 +28,19 @@ def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
 
 def resolve_checkpoint(checkpoint: Path | None, config: Path | None, overrides, runs_root):
     """(checkpoint, recipe): --checkpoint with --config or its embedded recipe; or the recipe's last checkpoint."""
-    from udaseg.inference import config_for_checkpoint
-
     if checkpoint is None:
         if config is None:
             fail("give --checkpoint PATH (a train or self_train checkpoint), or --config R to use that run's last checkpoint")
         from udaseg.commands.common import resolve_config
+
+        cfg = resolve_config(config, overrides)  # before the heavy imports: a bad recipe answers at once
         from udaseg.layout import RunLayout
         from udaseg.pipeline.evaluate import default_checkpoint
 
-        cfg = resolve_config(config, overrides)
         # the run's last stage, its checkpoint as the recipe selects it (train.select), as eval does
         return default_checkpoint(RunLayout.for_config(cfg, runs_root), getattr(cfg.train, "select", "final")), cfg
+    from udaseg.inference import config_for_checkpoint
+
     return checkpoint, config_for_checkpoint(checkpoint, config, overrides)
 
 
@@ -71,12 +72,13 @@ def predict(
     prediction resized back to the image's own resolution. Outputs that already exist are skipped
     unless --overwrite. An unreadable input is reported and skipped; the exit code is 1 if any failed.
     """
+    size = parse_size(input_size, "--input-size")
+    ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
     from udaseg.pipeline.predict import PredictOptions, run_predict
 
-    ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
     options = PredictOptions(color=color, labelids=labelids, depth=depth, confidence=confidence, refine=refine,
                              overwrite=overwrite, video_out=video_out, batch_size=batch_size,
-                             input_size=parse_size(input_size, "--input-size"), amp=amp, workers=workers)
+                             input_size=size, amp=amp, workers=workers)
     result = run_predict(cfg, ckpt, inputs, out, options, device=device, gmm=gmm, runs=runs_root)
     line = f"predicted {result.written} image(s)"
     if result.videos:

@@ -30,11 +30,11 @@ def pseudolabel(
     Writes pseudo/labels/<id>.png (uint8, 255 = ignore) and pseudo/stats.json (kept / removed pixels per class,
     and the pseudo-label precision before and after refinement when the target split has labels).
     """
+    cfg = resolve_config(config, set_)
     from udaseg.checkpoint import pick_checkpoint
     from udaseg.layout import RunLayout
     from udaseg.pipeline.pseudolabel import run_pseudolabel
 
-    cfg = resolve_config(config, set_)
     layout = RunLayout.for_config(cfg, runs_root)
     ckpt = checkpoint or pick_checkpoint(layout.train, cfg.train.select)
     do_refine = cfg.pseudolabel.refine if refine is None else refine

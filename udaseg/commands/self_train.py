@@ -30,14 +30,14 @@ def self_train(
     Cross-entropy on pseudo/labels (255 ignored) from the train checkpoint's weights with a fresh SGD optimizer;
     self_train.keep_source_loss adds the source losses. Writes self_train/checkpoint_*.pt, log.jsonl, progress.png.
     """
-    from udaseg.pipeline.self_train import run_self_train
-
     overrides = list(set_ or [])
     if iterations is not None:
         overrides.append(f"self_train.iterations={iterations}")
     if min_kept is not None:
         overrides.append(f"self_train.min_kept_fraction={min_kept}")
     cfg = resolve_config(config, overrides)
+    from udaseg.pipeline.self_train import run_self_train
+
     with distributed(device) as env:
         final = run_self_train(cfg, env, checkpoint, data_root, runs_root, resume=continue_, workers=workers)
     if env.is_main:

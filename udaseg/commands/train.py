@@ -30,14 +30,14 @@ def train(
     log.jsonl and progress.png. Ctrl-C saves a checkpoint first; --continue resumes exactly.
     Several GPUs: torchrun --nproc_per_node=N -m udaseg train --config ...
     """
-    from udaseg.pipeline.train import run_train
-
     overrides = list(set_ or [])
     if ablation is not None:
         overrides.append(f"train.ablation={ablation}")
     if iterations is not None:
         overrides.append(f"train.iterations={iterations}")
     cfg = resolve_config(config, overrides)
+    from udaseg.pipeline.train import run_train
+
     with distributed(device) as env:
         final = run_train(cfg, env, data_root, runs_root, resume=continue_, workers=workers)
     if env.is_main:
