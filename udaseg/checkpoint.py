@@ -10,8 +10,6 @@ own bookkeeping (e.g. the best validation score so far) under `loop`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from torch import nn
 from udaseg.config import Config, to_toml
 from udaseg.data.protocols import get_protocol
 from udaseg.errors import UdasegError
+from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, TrainDir
 from udaseg.model import channels_last, model_from_config
 
@@ -49,16 +48,8 @@ def checkpoint_dict(config: Config, stage: str, iteration: int, model: nn.Module
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

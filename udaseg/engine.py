@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,10 @@ from torch.utils.data import Sampler
 from udaseg.checkpoint import check_compatible, checkpoint_dict, load_checkpoint, save_checkpoint
 from udaseg.config import Config, TrainConfig
 from udaseg.data.build import make_loader
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM
+from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
 from udaseg.model import channels_last, model_from_config
 from udaseg.progress import progress_bar
@@ -67,9 +68,7 @@ def setup_distributed(device: str | None = None) -> DistEnv:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
@@ -462,8 +461,6 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
         val.set_ylabel("target-val mIoU (%)", color="C3")
         axes[1].set_title("images / s, target-val mIoU")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, out_path)

@@ -20,8 +20,6 @@ File schema: see the README section "gmm.h5" (the constants below are its single
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +29,7 @@ import torch
 
 from udaseg.data.depth import INVDEPTH_SCALE
 from udaseg.errors import UdasegError
+from udaseg.io import atomic_path
 from udaseg.grid import output_grid
 
 SCHEMA_NAME = "udaseg.gmm"
@@ -315,12 +314,8 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
     """Write `gmm.h5` atomically (temporary file in the same folder, then os.replace)."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     freq, weights, _ = class_weights(model.pixel_counts)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
             a["schema"] = SCHEMA_NAME
@@ -361,10 +356,6 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
                 grp.create_dataset("means", data=np.asarray(g.means, dtype=np.float64))
                 grp.create_dataset("variances", data=g.variances)
                 grp.create_dataset("covariances", data=np.asarray(g.covariances, dtype=np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _str(value: object) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from udaseg.config import Config, runs_root, to_toml
-from udaseg.data.pngio import atomic_write_bytes
+from udaseg.io import atomic_write_bytes
 
 GMM_FILE = "gmm.h5"
 GMM_PLOTS = "plots"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from udaseg.config import Config, ConfigError, load_config
 from udaseg.errors import UdasegError
+from udaseg.io import require_writable
 from udaseg.progress import console
 
 ConfigOption = Annotated[
@@ -49,6 +51,11 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# OSErrors a user fixes outside the program (permissions, a read-only mount, a full disk):
+# a write that fails late, after the up-front check of the output folder, still ends in one line
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def user_errors(func: Callable) -> Callable:
     """Turn errors a user can fix into one line and exit code 1; keep tracebacks for bugs."""
 
@@ -58,6 +65,11 @@ def user_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except (UdasegError, ConfigError) as err:
             fail(str(err))
+        except OSError as err:
+            if err.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            fail(f"{err.filename or 'a file'}: {err.strerror}; free space or fix the permissions, or choose another "
+                 "output folder (--runs-root, --out)")
         except KeyboardInterrupt as err:
             console.print(f"[yellow]interrupted[/] {err}; resume with --continue" if str(err) else "[yellow]interrupted[/]")
             sys.exit(130)
@@ -75,6 +87,17 @@ def distributed(device: str | None):
         yield env
     finally:
         cleanup_distributed()
+
+
+RUNS_FIX = "pass a writable --runs-root (or set $UDASEG_RUNS), or fix the folder's permissions"
+OUT_FIX = "pass a writable --out, or fix the folder's permissions"
+
+
+def check_run_folder(cfg: Config, runs_root: Path | None) -> None:
+    """Refuse an unwritable run folder in one line before the stage loads anything (see io.require_writable)."""
+    from udaseg.layout import RunLayout
+
+    require_writable(RunLayout.for_config(cfg, runs_root).root, RUNS_FIX)
 
 
 def recipe_hint(config: Path | None) -> str:

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, next_step, resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, OUT_FIX, RUNS_FIX, RunsRootOption,
+                                    SetOption, WorkersOption, console, next_step, require_writable, resolve_config,
+                                    user_errors)
 
 
 @user_errors
@@ -48,6 +49,9 @@ def evaluate(
     ckpt = chosen.path
     if out is None:
         out, name = layout.eval_dir_for(ckpt, name)
+        require_writable(out, RUNS_FIX)
+    else:
+        require_writable(out, OUT_FIX)
     console.print(f"evaluating {ckpt} -> {out}", highlight=False)
     run = evaluate_checkpoint(cfg, ckpt, out, split=split, root=data_root, source=source, device=device,
                               max_images=max_images, workers=workers, label=label, name=name)

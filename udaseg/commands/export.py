@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import ConfigOption, DataRootOption, RunsRootOption, SetOption, console, fail, user_errors
+from udaseg.commands.common import (ConfigOption, DataRootOption, OUT_FIX, RUNS_FIX, RunsRootOption, SetOption, console,
+                                    fail, require_writable, user_errors)
 from udaseg.commands.predict import parse_size, resolve_checkpoint
 
 SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -56,6 +57,9 @@ def export(
 
     if out is None:
         out = RunLayout.for_config(cfg, runs_root).root / "export" / f"model{SUFFIX[format]}"
+        require_writable(out.parent, RUNS_FIX)
+    else:
+        require_writable(out.parent, OUT_FIX)
     image = verify_image or default_verify_image(cfg, data_root)
     if image is None:
         fail("no verification image: pass --verify-image PATH (a real photo, e.g. a Cityscapes frame), or "

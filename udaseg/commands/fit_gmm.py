@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step, recipe_hint,
-                                    resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, check_run_folder, console,
+                                    next_step, recipe_hint, resolve_config, user_errors)
 
 
 @user_errors
@@ -36,6 +36,7 @@ def fit_gmm(
     if covariance is not None:
         overrides.append(f'gmm.covariance="{covariance}"')
     cfg = resolve_config(config, overrides)
+    check_run_folder(cfg, runs_root)
     from udaseg.pipeline.fit_gmm import run_fit_gmm
 
     with warnings.catch_warnings(record=True) as caught:

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from udaseg.commands.common import (ConfigOption, DeviceOption, RunsRootOption, SetOption, console, fail,
-                                    user_errors)
+from udaseg.commands.common import (ConfigOption, DeviceOption, OUT_FIX, RunsRootOption, SetOption, console, fail,
+                                    require_writable, user_errors)
 
 
 def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
@@ -73,6 +73,7 @@ def predict(
     unless --overwrite. An unreadable input is reported and skipped; the exit code is 1 if any failed.
     """
     size = parse_size(input_size, "--input-size")
+    require_writable(out, OUT_FIX)
     ckpt, cfg = resolve_checkpoint(checkpoint, config, set_, runs_root)
     from udaseg.pipeline.predict import PredictOptions, run_predict
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, distributed, next_step, recipe_hint, resolve_config,
-                                    user_errors)
+                                    WorkersOption, check_run_folder, console, distributed, next_step, recipe_hint,
+                                    resolve_config, user_errors)
 
 
 @user_errors
@@ -31,6 +31,7 @@ def pseudolabel(
     and the pseudo-label precision before and after refinement when the target split has labels).
     """
     cfg = resolve_config(config, set_)
+    check_run_folder(cfg, runs_root)
     from udaseg.checkpoint import pick_checkpoint
     from udaseg.layout import RunLayout
     from udaseg.pipeline.pseudolabel import run_pseudolabel

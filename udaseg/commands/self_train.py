@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, distributed, next_step, recipe_hint, resolve_config,
-                                    user_errors)
+                                    WorkersOption, check_run_folder, console, distributed, next_step, recipe_hint,
+                                    resolve_config, user_errors)
 
 
 @user_errors
@@ -36,6 +36,7 @@ def self_train(
     if min_kept is not None:
         overrides.append(f"self_train.min_kept_fraction={min_kept}")
     cfg = resolve_config(config, overrides)
+    check_run_folder(cfg, runs_root)
     from udaseg.pipeline.self_train import run_self_train
 
     with distributed(device) as env:

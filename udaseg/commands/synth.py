@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import console, next_step, user_errors
+from udaseg.commands.common import console, next_step, require_writable, user_errors
 from udaseg.errors import UdasegError
 from udaseg.synth.config import STYLES, CameraConfig, ObjectRates, StyleConfig, SynthConfig
 
@@ -119,6 +119,7 @@ def synth(
     except ValueError as err:
         raise UdasegError(f"udaseg synth: {err}") from None
 
+    require_writable(out, "choose a writable OUT folder, or fix the folder's permissions")
     from udaseg.synth.generate import generate
 
     start = time.perf_counter()

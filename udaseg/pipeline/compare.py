@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.pngio import atomic_write_bytes
+from udaseg.io import atomic_write_bytes
 from udaseg.errors import UdasegError
 from udaseg.report import TITLES, json_safe, md_row
 

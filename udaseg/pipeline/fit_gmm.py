@@ -323,7 +323,7 @@ def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, m
     except ImportError:
         warnings.warn("matplotlib is not installed: GMM plots skipped (pip install matplotlib)", stacklevel=2)
         return []
-    from udaseg.data.pngio import atomic_write_bytes
+    from udaseg.io import atomic_write_bytes
 
     rng = np.random.default_rng(seed)
     written = []

@@ -32,7 +32,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,10 +45,12 @@ from torch.utils.data import DataLoader, Dataset
 from udaseg.checkpoint import load_model
 from udaseg.config import Config
 from udaseg.data.palette import palette_for
-from udaseg.data.pngio import atomic_write_bytes, encode_png, read_rgb
+from udaseg.data.pngio import encode_png, read_rgb
 from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.transforms import resize_image
+from udaseg.device import resolve_device
 from udaseg.errors import DataError, UdasegError
+from udaseg.io import atomic_write_bytes, new_temporary
 from udaseg.inference import (CONFIDENCE_PNG_SCALE, DEPTH_PNG_SCALE, colorize_depth, labelid_table, overlay)
 from udaseg.model import autocast, channels_last, normalize, upsample
 from udaseg.progress import progress_bar, rate_text
@@ -258,10 +259,8 @@ class _VideoWriter:
         from fractions import Fraction
 
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-        os.close(fd)
-        self.container = av.open(self.tmp, "w")
+        self.tmp = new_temporary(path)  # the mode a new file gets, renamed into place by close()
+        self.container = av.open(str(self.tmp), "w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         self.width, self.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
@@ -285,7 +284,7 @@ class _VideoWriter:
         if keep:
             os.replace(self.tmp, self.path)
         else:
-            Path(self.tmp).unlink(missing_ok=True)
+            self.tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ the stage
@@ -322,7 +321,7 @@ def run_predict(config: Config, checkpoint: Path, inputs: list[str], out: Path, 
     ids = labelid_table(protocol) if options.labelids else None
     kinds = options.kinds()
     size = tuple(options.input_size or config.data.target_size)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
 
     items, problems = collect_inputs(inputs)
     result = PredictResult(out, failed=list(problems))

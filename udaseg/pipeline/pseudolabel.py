@@ -30,11 +30,12 @@ from udaseg.checkpoint import load_model
 from udaseg.config import Config
 from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
-from udaseg.data.pngio import atomic_write_bytes, encode_png
+from udaseg.data.pngio import encode_png
 from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.pseudo import pseudo_label_subset
 from udaseg.engine import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, UdasegError
+from udaseg.io import atomic_write_bytes
 from udaseg.gmm import load_gmm
 from udaseg.layout import RunLayout, write_config
 from udaseg.model import autocast, normalize

@@ -16,10 +16,11 @@ from typing import Iterator
 
 import numpy as np
 
-from udaseg.data.pngio import atomic_write_bytes, read_png_raw, write_png
+from udaseg.data.pngio import read_png_raw, write_png
 from udaseg.data.palette import palette_for
 from udaseg.data.protocols import PROTOCOLS
 from udaseg.errors import UdasegError
+from udaseg.io import atomic_write_bytes
 from udaseg.synth.config import SynthConfig
 from udaseg.synth.render import SKY_DEPTH
 from udaseg.synth.scene import Frame, render_frame
