@@ -16,7 +16,7 @@ RUNS     ?= runs
 DATASETS ?= $(UDASEG_DATA)
 INIT     ?=
 
-.PHONY: help install test gpu-check demo demo-data check-demo clean-demo ablation require-datasets \
+.PHONY: help install test gpu-check demo demo-data check-demo clean-demo ablation selection require-datasets \
         syn2city16 syn2city16-low syn2city7 syn2city7-low syn2map7 syn2map7-low
 
 help:  ## list the targets
@@ -109,6 +109,7 @@ syn2map7-low:  ## the same at 640x320
 
 # ---- paper Tables 1 + 3 on the synthetic benchmark: make -j2 ablation SEEDS="0 1 2" ------
 # source_only / advent / dada / m1 / m2 / oracle are train runs; m3 and m4 self-train from m2's checkpoint
+# (m2_entropy, M2's losses with F̂ = entropy, is a `make selection` arm: ABL_STAGE1="... m2_entropy" adds it here)
 # on pseudo-labels without / with the spatial prior. One gmm.h5 serves every run.
 # RECIPE=demo16 runs the same table with the 16-class recipe.
 RECIPE   ?= demo
@@ -140,11 +141,11 @@ $(ABL)/$(1)_s$(2)/eval/summary.json: $(ABL)/$(1)_s$(2)/self_train/checkpoint_fin
 	$(UDASEG) eval $(ABL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
 endef
 
-ABL_STAGE1 := source_only advent dada m1 m2 oracle
+ABL_STAGE1 ?= source_only advent dada m1 m2 oracle
 $(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1),$(eval $(call ABLATION_STAGE1,$(x),$(s)))))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m3,$(s),--no-refine)))
 $(foreach s,$(SEEDS),$(eval $(call ABLATION_STAGE2,m4,$(s),--refine)))
-ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,source_only advent dada m1 m2 m3 m4 oracle,$(ABL)/$(x)_s$(s)/eval/summary.json))
+ABL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach x,$(ABL_STAGE1) m3 m4,$(ABL)/$(x)_s$(s)/eval/summary.json))
 ABL_RESULTS   ?= results/ablation_$(RECIPE).json
 # each run is scored twice: its final checkpoint (eval/) and its best on the target val (eval/best/, train.eval_every):
 # the table has both rows; best-on-val is model selection on target labels, final the clean number
@@ -153,3 +154,35 @@ ABL_BEST      := $(subst /eval/summary.json,/eval/best/summary.json,$(ABL_SUMMAR
 ablation: $(ABL_SUMMARIES)  ## paper Tables 1 + 3 on the synthetic benchmark, mean ± std over SEEDS (make -j2; RECIPE=demo16)
 	@mkdir -p $(dir $(ABL_RESULTS))
 	$(UDASEG) compare $(ABL_SUMMARIES) $(ABL_BEST) --out $(ABL)/table.md --json $(ABL_RESULTS)
+
+# ---- the density-collapse selection experiments (RESULTS.md, "Selection"): stage 1 only ----------
+# make -j2 selection SEEDS="0 1 2": each arm is the recipe's m2 (or dada) with one switch changed;
+# results in results/selection_$(RECIPE).json. Never run these on the confirmation seeds.
+SEL      := $(RUNS)/selection/$(RECIPE)
+SEL_ARGS := --config stages/$(RECIPE).toml --data-root $(DATA) --runs-root $(SEL)
+SEL_ARMS ?= m1 m2_live m2_detached m2_auxlr1 m2_nodecay m2_entropy dada_live dada_unit
+ARM_m2_live     := --ablation m2 --set train.adv_factor_grad=live
+ARM_m2_detached := --ablation m2 --set train.adv_factor_grad=detached
+ARM_m2_auxlr1   := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_lr_mult=1.0
+ARM_m2_nodecay  := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_decay_mult=0.0
+ARM_m2_entropy  := --ablation m2_entropy
+ARM_m1          := --ablation m1
+ARM_dada_live   := --ablation dada --set train.adv_depth=raw
+ARM_dada_unit   := --ablation dada --set train.adv_depth=unit
+
+$(SEL)/shared/gmm/gmm.h5: $(DATA)/demo/synth.json stages/$(RECIPE).toml | $(STAMP)
+	$(UDASEG) fit-gmm $(SEL_ARGS) --set experiment.name=shared --no-plots
+
+# $(1) arm, $(2) seed
+define SELECTION_ARM
+$(SEL)/$(1)_s$(2)/eval/summary.json: $(SEL)/shared/gmm/gmm.h5
+	rm -rf $(SEL)/$(1)_s$(2) && mkdir -p $(SEL)/$(1)_s$(2)/gmm && cp $$< $(SEL)/$(1)_s$(2)/gmm/
+	$(UDASEG) train $(SEL_ARGS) --set experiment.name=$(1)_s$(2) --set experiment.seed=$(2) $(ARM_$(1))
+	$(UDASEG) eval $(SEL_ARGS) --set experiment.name=$(1)_s$(2) --checkpoint final --label $(1)
+endef
+$(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS),$(eval $(call SELECTION_ARM,$(a),$(s)))))
+SEL_SUMMARIES := $(foreach s,$(SEEDS),$(foreach a,$(SEL_ARMS),$(SEL)/$(a)_s$(s)/eval/summary.json))
+
+selection: $(SEL_SUMMARIES)  ## the density-collapse selection arms (stage 1) over SEEDS (make -j2; RESULTS.md)
+	@mkdir -p results
+	$(UDASEG) compare $(SEL_SUMMARIES) --out $(SEL)/table.md --json results/selection_$(RECIPE).json

@@ -17,9 +17,9 @@ import json
 import math
 from pathlib import Path
 
-ORDER = ("source_only", "advent", "dada", "m1", "m2", "m3", "m4", "oracle")
+ORDER = ("source_only", "advent", "dada", "m1", "m2", "m2_entropy", "m3", "m4", "oracle")
 NAMES = {"source_only": "source only", "advent": "ADVENT (Table 1)", "dada": "DADA (Table 1)", "m1": "M1",
-         "m2": "M2", "m3": "M3", "m4": "M4", "oracle": "oracle (target labels)"}
+         "m2": "M2", "m2_entropy": "M2 heads, F̂ = entropy", "m3": "M3", "m4": "M4", "oracle": "oracle (target labels)"}
 
 
 def pm(pair) -> str:
@@ -53,8 +53,24 @@ def tables(results: dict, title: str) -> list[str]:
         lines.append(f"| {NAMES[s]} | " + " | ".join(
             f"{100 * seeds[k]['miou']:.1f}" if k in seeds and seeds[k]["miou"] is not None else "–"
             for k in _seeds(settings)) + " |")
-    lines += ["", *orderings(settings), ""]
+    lines += ["", *orderings(settings), "", *collapses(settings), ""]
     return lines
+
+
+def collapses(settings: dict) -> list[str]:
+    """Which runs had an auxiliary head flagged as collapsed (udaseg/collapse.py), from eval's `heads`."""
+    hits, judged = [], 0
+    for s in ORDER:
+        for seed, entry in sorted(settings.get(s, {}).get("seeds", {}).items()):
+            heads = entry.get("heads")
+            if not heads:
+                continue
+            judged += 1
+            for name, it in sorted((heads.get("collapsed") or {}).items()):
+                hits.append(f"{NAMES[s]} seed {seed}: {name} at iteration {it}")
+    if not judged:
+        return []
+    return [f"- collapsed heads over the {judged} trained runs with a head log: " + ("; ".join(hits) if hits else "**none**")]
 
 
 def _seeds(settings: dict) -> list[str]:
@@ -76,8 +92,10 @@ def orderings(settings: dict) -> list[str]:
             ok = sum((x < y) if op == "<" else (x <= y) for x, y in per)
             ma, mb = settings[a]["mean"]["miou"][0], settings[b]["mean"]["miou"][0]
             holds = (ma < mb) if op == "<" else (ma <= mb)
+            diffs = [y - x for x, y in per]
             out.append(f"- {NAMES[a]} {op} {NAMES[b]}: means {ma:.1f} vs {mb:.1f} ({'holds' if holds else 'does not hold'}); "
-                       f"per seed {ok} of {len(per)} (differences {', '.join(f'{y - x:+.1f}' for x, y in per)})")
+                       f"per seed {ok} of {len(per)} (paired differences {', '.join(f'{d:+.1f}' for d in diffs)}; "
+                       f"mean {sum(diffs) / max(len(diffs), 1):+.2f})")
     if all(s in settings for s in ("source_only", "m4", "oracle")):
         closures = []
         for k in seeds:

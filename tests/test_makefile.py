@@ -48,3 +48,22 @@ def test_demo_chains_every_stage_in_order():
     stages = [l.split("udaseg ", 1)[1].split()[0] for l in lines]
     assert stages == ["synth", "fit-gmm", "train", "pseudolabel", "self-train", "eval"]
     assert "--refine" in lines[3] and all("stages/demo.toml" in l for l in lines[1:])
+
+
+def test_selection_runs_each_arm_with_its_switch_and_only_the_final_checkpoint():
+    lines = dry_run("selection", "SEEDS=0 1")
+    runs = "/tmp/udaseg-dry/selection/demo"
+    arms = {"m2_live": "--ablation m2 --set train.adv_factor_grad=live",
+            "m2_detached": "--ablation m2 --set train.adv_factor_grad=detached",
+            "m2_auxlr1": "--set train.aux_head_lr_mult=1.0", "m2_nodecay": "--set train.aux_head_decay_mult=0.0",
+            "m2_entropy": "--ablation m2_entropy", "dada_unit": "--ablation dada --set train.adv_depth=unit",
+            "dada_live": "--ablation dada --set train.adv_depth=raw", "m1": "--ablation m1"}
+    for seed in (0, 1):
+        for arm, switch in arms.items():
+            train = [l for l in lines if "udaseg train " in l and f"experiment.name={arm}_s{seed} " in l]
+            assert len(train) == 1 and train[0].endswith(switch) and f"experiment.seed={seed}" in train[0], (arm, train)
+            assert any("udaseg eval " in l and f"experiment.name={arm}_s{seed} " in l and "--checkpoint final" in l
+                       for l in lines)
+    compare = [l for l in lines if "udaseg compare " in l]
+    assert len(compare) == 1 and compare[0].count("summary.json") == 16 and "/best/" not in compare[0]
+    assert compare[0].endswith(f"--out {runs}/table.md --json results/selection_demo.json")

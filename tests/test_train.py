@@ -469,7 +469,8 @@ def _record_step(cfg, data, runs, monkeypatch):
     return outputs, disc_inputs
 
 
-@pytest.mark.parametrize("ablation, weight", [("advent", None), ("dada", "depth"), ("m1", None), ("m2", "density")])
+@pytest.mark.parametrize("ablation, weight", [("advent", None), ("dada", "depth"), ("m1", None), ("m2", "density"),
+                                              ("m2_entropy", None)])
 def test_each_ablation_feeds_the_discriminator_its_input(ablation, weight, data, runs, monkeypatch):
     """F̂ = entropy(softmax(upsampled logits)) × (1 | upsampled inverse depth | upsampled density),
     computed here from the recorded head outputs with torch.nn.functional directly."""
@@ -543,3 +544,181 @@ def test_aux_head_lr_mult_puts_depth_and_density_heads_in_their_own_group():
     assert len(by_id) == sum(p.requires_grad for p in net.parameters())  # every trainable parameter once
     paper = build_sgd(net, config(train__head_lr_mult=1.0).train)
     assert len(paper.param_groups) == 1  # the release: one group
+
+
+# ----------------------------------------------------------------------------- 10. F̂'s factor, decay groups, collapse
+
+
+def _aux_params(net) -> list[torch.Tensor]:
+    return [p for m in (net.depth_head, net.density_head) for p in m.parameters()]
+
+
+@pytest.mark.parametrize("grad, moves", [("live", True), ("detached", False)])
+def test_adv_factor_grad_decides_whether_the_adversarial_loss_trains_the_density_head(grad, moves, data, runs):
+    """With the density head's own losses off (λ_bal = λ_tar = 0) and no weight decay, the only
+    gradient that can reach it is the adversarial one through F̂: live moves it, detached not a bit."""
+    cfg = config(train__adv_factor_grad=grad, train__lambda_bal=0.0, train__lambda_tar=0.0, train__weight_decay=0.0,
+                 train__lambda_adv=1.0, train__lr=1e-2)
+    parts = stage1.build_parts(cfg, DistEnv(), data, RunLayout.for_config(cfg, runs))
+    before = [p.detach().clone() for p in parts.model.density_head.parameters()]
+    src = stage1.sampled_batches(stage1.source_dataset(cfg, data), 1, 0, 0, 0, DistEnv())
+    tgt = stage1.sampled_batches(stage1.target_dataset(cfg, "train", data), 1, 0, 1, 0, DistEnv())
+    stage1.Stage1Step(cfg, parts, DistEnv(), src, tgt)(0)
+    changed = [not torch.equal(b, p) for b, p in zip(before, parts.model.density_head.parameters())]
+    assert any(changed) == moves
+
+
+def test_adversarial_weights_detached_has_no_graph_live_has_one():
+    from types import SimpleNamespace
+
+    density = torch.rand(1, 1, 3, 4, requires_grad=True)
+    out = SimpleNamespace(seg=torch.rand(1, 2, 3, 4), density=density)
+    _, live = stage1.adversarial_weights("density", out, out, live=True)
+    _, cut = stage1.adversarial_weights("density", out, out, live=False)
+    live.sum().backward()
+    assert density.grad is not None and float(density.grad.abs().sum()) > 0
+    assert not cut.requires_grad
+    assert torch.equal(live.detach(), cut)
+
+
+def test_aux_head_decay_mult_gives_the_heads_their_own_weight_decay():
+    from udaseg.engine import build_sgd
+    from udaseg.model import model_from_config
+
+    net = model_from_config(config().model, 16)
+    opt = build_sgd(net, config(train__weight_decay=5e-4, train__aux_head_decay_mult=0.0).train)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert all(decay[id(p)] == 0.0 for p in _aux_params(net))
+    assert all(decay[id(p)] == pytest.approx(5e-4) for p in net.seg_head.parameters())
+    assert all(decay[id(p)] == pytest.approx(5e-4) for p in net.backbone.parameters() if p.requires_grad)
+    half = build_sgd(net, config(train__weight_decay=5e-4, train__aux_head_decay_mult=0.5).train)
+    decay = {id(p): g["weight_decay"] for g in half.param_groups for p in g["params"]}
+    assert all(decay[id(p)] == pytest.approx(2.5e-4) for p in _aux_params(net))
+    assert len(build_sgd(net, config().train).param_groups) == 1  # the release: one group, one decay
+
+
+@pytest.mark.parametrize("mult, moves", [(0.0, False), (1.0, True)])
+def test_decay_mult_is_the_decay_an_sgd_step_applies_to_the_heads(mult, moves):
+    """Behaviour, not just the group: with a zero gradient, an SGD step changes the heads' weights
+    by decay alone — not at all with aux_head_decay_mult = 0, and it shrinks them with 1."""
+    from udaseg.engine import build_sgd
+    from udaseg.model import model_from_config
+
+    t = config(train__weight_decay=1e-2, train__lr=1e-1, train__aux_head_decay_mult=mult,
+               train__aux_head_lr_mult=2.0).train
+    net = model_from_config(config().model, 16)
+    opt = build_sgd(net, t)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    before = [p.detach().clone() for p in _aux_params(net)]
+    seg_before = [p.detach().clone() for p in net.seg_head.parameters()]
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, _aux_params(net))) == moves
+    if moves:  # decay shrinks: |p| falls by lr·aux_lr_mult·wd
+        w0, w1 = before[0], list(_aux_params(net))[0].detach()
+        torch.testing.assert_close(w1, w0 * (1 - 1e-1 * 2.0 * 1e-2))
+    assert any(not torch.equal(b, p) for b, p in zip(seg_before, net.seg_head.parameters()))  # decayed as always
+
+
+def test_adversarial_unit_puts_fhat_in_the_losses_units(data, runs):
+    from udaseg.gmm import load_gmm
+
+    layout = RunLayout.for_config(config(), runs)
+    gmm = load_gmm(layout.gmm_file)
+    t = config(train__adv_density="unit", train__adv_depth="unit").train
+    assert stage1.adversarial_unit(t, "density", gmm) == pytest.approx(gmm.squash_max)
+    assert stage1.adversarial_unit(t, "depth", gmm) == pytest.approx(gmm.invdepth_median)
+    assert stage1.adversarial_unit(t, None, gmm) == 1.0
+    raw = config().train
+    assert stage1.adversarial_unit(raw, "density", gmm) == 1.0 and stage1.adversarial_unit(raw, "depth", gmm) == 1.0
+
+
+def test_adv_depth_unit_divides_dadas_fhat_by_the_source_median(data, runs, monkeypatch):
+    import torch.nn.functional as F
+    from udaseg.gmm import load_gmm
+
+    median = load_gmm(RunLayout.for_config(config(), runs).gmm_file).invdepth_median
+    cfg = config(train__ablation="dada", train__adv_depth="unit", train__iterations=1)
+    outputs, disc_inputs = _record_step(cfg, data, runs, monkeypatch)
+    (_, _), (size_t, out_t) = outputs
+    p = F.softmax(F.interpolate(out_t["seg"], size=size_t, mode="bilinear", align_corners=True), dim=1)
+    ent = -(p * torch.log2(p + 1e-30)) / math.log2(p.shape[1])
+    depth = F.interpolate(out_t["depth"], size=size_t, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(disc_inputs[0], ent * depth / median, rtol=1e-4, atol=1e-6)
+
+
+def test_m2_entropy_trains_the_density_losses(data, runs):
+    train(config(train__ablation="m2_entropy", train__iterations=2), data, runs)
+    log = read_log(train_dir(runs) / LOG_FILE)
+    assert losses_of(log[-1]) == ALL_LOSSES
+    assert "health/density_mean_tgt" in log[-1] and "health/density_target_mean_tgt" in log[-1]
+
+
+def test_head_statistics_are_logged_per_domain_beside_their_targets(m2_run):
+    log = read_log(train_dir(m2_run) / LOG_FILE)
+    rec = log[-1]
+    for key in ("depth_mean_src", "depth_std_src", "depth_target_mean_src", "depth_target_std_src", "depth_mean_tgt",
+                "depth_std_tgt", "density_mean_src", "density_target_mean_src", "density_mean_tgt",
+                "density_target_std_tgt"):
+        assert math.isfinite(rec[f"health/{key}"]), key
+    assert rec["health/depth_target_mean_src"] > 1.0  # raw inverse depth of the source, not a normalised unit
+
+
+def test_a_collapsed_density_head_is_flagged_once_with_its_iteration(data, runs, monkeypatch, capsys):
+    """Drive the density head into collapse: healthy for two steps (its last layer set to the
+    target's scale), then that layer zeroed and frozen from iteration 2 on, as the adversarial push
+    does in the demo; the watch flags it PATIENCE log steps later, train prints one warning line,
+    and eval's report shows the flag. The paper's raw depth head starts at ≈ 0 and is not flagged."""
+    from udaseg.collapse import PATIENCE
+    from udaseg.pipeline.evaluate import training_heads
+    from udaseg.report import heads_markdown
+
+    real_call = stage1.Stage1Step.__call__
+
+    def call(self, iteration):
+        last = [m for m in self.p.model.density_head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            if iteration == 0:  # healthy: ~the targets' scale, varying over pixels
+                last.weight.normal_(0.0, 5e4 / last.weight[0].numel() ** 0.5, generator=torch.Generator().manual_seed(0))
+                last.bias.fill_(100.0)
+            if iteration >= 2:  # collapsed: exactly 0 everywhere, and it stays there
+                last.weight.zero_()
+                last.bias.zero_()
+                last.weight.grad = last.bias.grad = None
+                last.requires_grad_(False)
+        return real_call(self, iteration)
+
+    monkeypatch.setattr(stage1.Stage1Step, "__call__", call)
+    cfg = config(train__iterations=PATIENCE + 4)
+    train(cfg, data, runs)
+    log = read_log(train_dir(runs) / LOG_FILE)
+    flagged = [r for r in log if "collapse/density_src" in r]
+    assert [r["iteration"] for r in flagged] == [2 + PATIENCE]  # log step k holds iteration k's outputs
+    assert abs(log[0]["health/density_mean_src"]) > 10 and log[-1]["health/density_mean_src"] == 0.0
+    assert "collapse/depth_src" not in {k for r in log for k in r}  # ≈ 0 from the start: not a collapse
+    err = capsys.readouterr().err
+    assert err.count("warning: the density head collapsed on the source at iteration") == 1
+    heads = training_heads(train_dir(runs) / CHECKPOINT_FINAL)
+    assert heads["collapsed"]["density_src"] == 2 + PATIENCE
+    text = "\n".join(heads_markdown(heads))
+    assert f"yes, at iteration {2 + PATIENCE}" in text and "Rule:" in text
+
+
+def test_collapse_watch_rule_by_hand():
+    from udaseg.collapse import CollapseWatch
+
+    def rec(it, mean, std, t_mean=100.0, t_std=50.0):
+        return {"iteration": it, "health/density_mean_src": mean, "health/density_std_src": std,
+                "health/density_target_mean_src": t_mean, "health/density_target_std_src": t_std}
+
+    watch = CollapseWatch(patience=2)
+    records = [rec(1, 0.1, 0.0), rec(2, 90, 40), rec(3, 0.5, 30), rec(4, 80, 0.4), rec(5, 70, 0.3), rec(6, 0, 0)]
+    # 1: ≈ 0 before ever being healthy -> not counted; 3: |mean| 0.5 < 1 -> streak 1; 4: healthy
+    # again? no: std 0.4 < 0.5 -> streak 2 -> flagged at 4 (constant); 5, 6: already flagged
+    new = [watch.update(r) for r in records]
+    assert new == [[], [], [], ["density_src"], [], []]
+    assert watch.flagged == {"density_src": 4} and records[3]["collapse/density_src"] == 4
+    resumed = CollapseWatch.from_log(records[:4], patience=2)
+    assert resumed.flagged == {"density_src": 4} and resumed.update(rec(7, 0, 0)) == []
+    fresh = CollapseWatch(patience=2)
+    assert [fresh.update(r) for r in (rec(1, 90, 40), rec(2, 2.0, 30), rec(3, 90, 40), rec(4, 0.9, 30))] == [[]] * 4

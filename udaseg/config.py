@@ -87,8 +87,9 @@ class TrainConfig:
     # source_only = weighted CE on the source alone; oracle = CE on the target's own labels
     # (an upper bound where the target is labelled). M3 / M4 are pseudolabel without / with refine.
     # paper Table 1 baselines: advent = F̂ = entropy, no depth; dada = F̂ = entropy × predicted
-    # inverse depth, the source depth supervising the depth head (DADA, Vu et al. 2019)
-    ablation: Literal["source_only", "advent", "dada", "m1", "m2", "oracle"] = "m2"
+    # inverse depth, the source depth supervising the depth head (DADA, Vu et al. 2019).
+    # m2_entropy: M2's heads and density losses with F̂ = entropy (separates the losses from F̂)
+    ablation: Literal["source_only", "advent", "dada", "m1", "m2", "m2_entropy", "oracle"] = "m2"
     iterations: int = 90_000  # steps run (the release's EARLY_STOP)
     lr_horizon: int = 0  # poly denominator (the release's MAX_ITERS); 0 = iterations
     batch_size_source: int = 1
@@ -117,9 +118,20 @@ class TrainConfig:
     # 1 = the paper. Their losses carry λ_dep, λ_bal ~0.005-0.01, so at the segmentation's lr the
     # heads need ~100x the paper's iterations to move; the backbone's share stays λ-weighted
     aux_head_lr_mult: float = 1.0
+    # weight decay of the depth and density heads' own parameters ÷ train.weight_decay (1 = the
+    # release: one decay for every layer; 0 = no decay on them)
+    aux_head_decay_mult: float = 1.0
+    # F̂'s factor (the density in m2, the depth in dada) in the generator's adversarial loss: "live"
+    # (the release: the adversarial gradient also trains that head) or "detached" (only the
+    # segmentation learns from the discriminator; the head learns from its own loss alone)
+    adv_factor_grad: Literal["live", "detached"] = "live"
     # what multiplies the entropy in M2's F̂: the predicted density as is (0..squash_max, the paper)
     # or ÷ squash_max ("unit": F̂ keeps the entropy map's 0..1 range)
     adv_density: Literal["raw", "unit"] = "raw"
+    # what multiplies the entropy in dada's F̂: the predicted inverse depth as is (raw, DADA) or
+    # ÷ the source median inverse depth ("unit": the units the depth loss is taken in when
+    # train.head_targets = "normalized")
+    adv_depth: Literal["raw", "unit"] = "raw"
     # D_s where the predicted class is not the GT class: squash(p_ĉ(x, y, 0)) (the release's
     # precomputed maps) or 0 (the paper's formula)
     d_s_off_class: Literal["depth0", "zero"] = "depth0"
@@ -336,6 +348,7 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.power", lambda v: v >= 0, "≥ 0"),
     ("train.disc_width", lambda v: v > 0, "> 0"),
     ("train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
+    ("train.aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = train.weight_decay, 0 = no decay on the heads)"),
     ("train.disc_betas", lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
     ("train.checkpoint_every", lambda v: v > 0, "> 0"),
     ("train.log_every", lambda v: v > 0, "> 0"),

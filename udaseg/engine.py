@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from udaseg.collapse import COLLAPSE_PREFIX, HEALTH_PREFIX, STAT_SUFFIXES, CollapseWatch
 from udaseg.checkpoint import check_compatible, checkpoint_dict, load_checkpoint, save_checkpoint
 from udaseg.config import Config, TrainConfig
 from udaseg.data.build import make_loader
@@ -37,7 +38,6 @@ from udaseg.model import channels_last, model_from_config
 from udaseg.progress import progress_bar
 
 
-HEALTH_PREFIX = "health/"  # step outputs that are diagnostics, not losses (plotted apart)
 
 
 class NonFiniteLoss(UdasegError):
@@ -195,19 +195,22 @@ def build_sgd(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     `train.head_lr_mult` × it."""
     net = unwrap(model)
     groups = net.param_groups(t.lr, t.head_lr_mult)
-    if t.aux_head_lr_mult != 1.0:
-        groups = split_aux_heads(net, groups, t.head_lr_mult * t.aux_head_lr_mult, t.lr)
+    if t.aux_head_lr_mult != 1.0 or t.aux_head_decay_mult != 1.0:
+        groups = split_aux_heads(net, groups, t.head_lr_mult * t.aux_head_lr_mult, t.lr,
+                                 t.weight_decay * t.aux_head_decay_mult)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
-def split_aux_heads(net: nn.Module, groups: list[dict], lr_mult: float, lr: float) -> list[dict]:
+def split_aux_heads(net: nn.Module, groups: list[dict], lr_mult: float, lr: float, weight_decay: float) -> list[dict]:
     """The depth and density heads' parameters in a group of their own at `lr_mult` × lr
-    (train.aux_head_lr_mult): their losses are weighted by λ_dep / λ_bal ≈ 0.005-0.01, so at the
-    segmentation's lr the heads' own weights barely move; the backbone still gets λ × the gradient."""
+    (train.aux_head_lr_mult) and their own weight decay (train.aux_head_decay_mult): their losses
+    are weighted by λ_dep / λ_bal ≈ 0.005-0.01, so at the segmentation's lr the heads' own weights
+    barely move; the backbone still gets λ × the gradient."""
     aux = [p for m in (net.depth_head, net.density_head) for p in m.parameters() if p.requires_grad]
     ids = {id(p) for p in aux}
     kept = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
-    return [g for g in kept if g["params"]] + [{"params": aux, "lr": lr * lr_mult, "lr_mult": lr_mult}]
+    return [g for g in kept if g["params"]] + [{"params": aux, "lr": lr * lr_mult, "lr_mult": lr_mult,
+                                                "weight_decay": weight_decay}]
 
 
 def wrap_ddp(module: nn.Module, env: DistEnv, find_unused: bool = False) -> nn.Module:
@@ -330,6 +333,7 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
     if env.is_main:
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, spec.start_iteration)
+    watch = CollapseWatch.from_log(read_log(log_path)) if env.is_main else None  # auxiliary heads gone constant
     progress = progress_bar(spec.progress and env.is_main)
     iteration = spec.start_iteration
     last_saved = spec.start_iteration
@@ -391,6 +395,8 @@ def run_loop(spec: LoopSpec, env: DistEnv) -> int:
                           "images_per_s": round(rate, 3), "time": time.time()}
                 if scored is not None:
                     record["val_miou"] = scored
+                for name in watch.update(record):
+                    progress.console.print(watch.warning(name, record), markup=False, highlight=False, soft_wrap=True)
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if spec.observer is not None:
@@ -419,6 +425,40 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _is_head_stat(key: str) -> bool:
+    name = key[len(HEALTH_PREFIX):]
+    return any(f"_{stat}_" in name for stat in STAT_SUFFIXES)
+
+
+def _plot_head_outputs(ax, records: list[dict], its: list[int]) -> None:
+    """Each auxiliary head's output mean ± std per domain (solid) beside its target's (dashed),
+    normalised by the target's mean so depth and density share an axis; × where it collapsed."""
+    pairs = sorted({(k[len(HEALTH_PREFIX):].split("_mean_")[0], k.rsplit("_", 1)[1]) for k in records[-1]
+                    if k.startswith(HEALTH_PREFIX) and "_mean_" in k and "_target_" not in k})
+    for i, (head, domain) in enumerate(pairs):
+        colour = f"C{i}"
+        ref = [abs(r.get(f"{HEALTH_PREFIX}{head}_target_mean_{domain}", float("nan"))) or float("nan") for r in records]
+        has_target = any(v == v for v in ref)
+        if not has_target:  # the target domain's depth: no target, shown against the source's
+            ref = [abs(r.get(f"{HEALTH_PREFIX}{head}_target_mean_src", float("nan"))) or float("nan") for r in records]
+        mean = [r.get(f"{HEALTH_PREFIX}{head}_mean_{domain}", float("nan")) / d for r, d in zip(records, ref)]
+        std = [r.get(f"{HEALTH_PREFIX}{head}_std_{domain}", float("nan")) / d for r, d in zip(records, ref)]
+        label = f"{head} ({'source' if domain == 'src' else 'target'})"
+        ax.plot(its, mean, color=colour, label=label)
+        ax.fill_between(its, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colour,
+                        alpha=0.15, linewidth=0)
+        if has_target:
+            ax.plot(its, [1.0] * len(its), color=colour, linestyle="--", linewidth=0.8)
+        flagged = [r for r in records if f"{COLLAPSE_PREFIX}{head}_{domain}" in r]
+        if flagged:
+            ax.plot([flagged[0]["iteration"]], [0.0], "x", color=colour, markersize=10,
+                    label=f"{label} collapsed @ {flagged[0]['iteration']}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("output ÷ target mean (band: ± std; dashed: target)")
+    ax.set_title("auxiliary heads: output vs target")
+    ax.legend(fontsize=7)
+
+
 def plot_progress(log_path: Path, out_path: Path) -> None:
     """Loss curves from the JSONL log as `progress.png` (skipped without matplotlib)."""
     try:
@@ -432,11 +472,13 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
     if not records:
         return
     skip = {"iteration", "time", "images_per_s"}
-    names = [k for k in records[-1] if k not in skip and not k.startswith(("lr", "val_"))]
+    names = [k for k in records[-1] if k not in skip and not k.startswith(("lr", "val_", COLLAPSE_PREFIX))]
     keys = [k for k in names if not k.startswith(HEALTH_PREFIX)]
-    health = [k for k in names if k.startswith(HEALTH_PREFIX)]  # how well the heads match their targets
+    stats = [k for k in names if k.startswith(HEALTH_PREFIX) and _is_head_stat(k)]  # outputs vs targets
+    health = [k for k in names if k.startswith(HEALTH_PREFIX) and k not in stats]  # how well the heads match
     its = [r["iteration"] for r in records]
-    fig, axes = plt.subplots(1, 3 if health else 2, figsize=(16 if health else 11, 4))
+    panels = 2 + bool(health) + bool(stats)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
     for k in keys:
         axes[0].plot(its, [r.get(k, float("nan")) for r in records], label=k)
     if all(r.get(k, 1.0) > 0 for r in records for k in keys):
@@ -445,12 +487,15 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
     axes[0].set_title("losses")
     axes[0].legend(fontsize=7)
     if health:
+        ax = axes[2]
         for k in health:
-            axes[-1].plot(its, [r.get(k, float("nan")) for r in records], label=k[len(HEALTH_PREFIX):])
-        axes[-1].set_xlabel("iteration")
-        axes[-1].set_title("head health: depth AbsRel (m), density |pred − target|")
-        axes[-1].set_yscale("log")
-        axes[-1].legend(fontsize=7)
+            ax.plot(its, [r.get(k, float("nan")) for r in records], label=k[len(HEALTH_PREFIX):])
+        ax.set_xlabel("iteration")
+        ax.set_title("head health: depth AbsRel, density |pred − target|")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    if stats:
+        _plot_head_outputs(axes[-1], records, its)
     axes[1].plot(its, [r.get("images_per_s", float("nan")) for r in records])
     axes[1].set_xlabel("iteration")
     axes[1].set_title("images / s")

@@ -175,9 +175,30 @@ def markdown_report(summary: dict, files: Sequence[str] = ()) -> str:
         lines.append("")
     else:
         lines += ["No depth ground truth in this split: depth metrics skipped.", ""]
+    lines += heads_markdown(summary.get("heads"))
     if files:
         lines += ["## Files", "", *(f"- `{f}`" for f in files), ""]
     return "\n".join(lines)
+
+
+def heads_markdown(heads: dict | None) -> list[str]:
+    """The auxiliary heads' output against their targets at the end of training (from the train
+    log), and any collapse the log recorded, with the rule that flagged it."""
+    if not heads or not heads.get("heads"):
+        return []
+    lines = ["## Auxiliary heads (training log, last logged step)", "",
+             md_row(["head", "domain", "output mean ± std", "target mean ± std", "iteration", "collapsed"]),
+             md_row(["---", "---", "---:", "---:", "---:", "---"])]
+    collapsed = heads.get("collapsed", {})
+    for name, st in sorted(heads["heads"].items()):
+        head, domain = name.rsplit("_", 1)
+        target = (f"{_num(st['target_mean'])} ± {_num(st['target_std'])}" if "target_mean" in st else "– (no target)")
+        flag = f"**yes, at iteration {collapsed[name]}**" if name in collapsed else "no"
+        lines.append(md_row([head, "source" if domain == "src" else "target",
+                             f"{_num(st.get('mean'))} ± {_num(st.get('std'))}", target, str(st.get("iteration", "")),
+                             flag if "target_mean" in st else "–"]))
+    lines += ["", f"Rule: {heads.get('rule', '')}. Units: inverse depth (depth), 0..squash_max (density).", ""]
+    return lines
 
 
 def depth_verdict(depth: dict, base: dict) -> str:

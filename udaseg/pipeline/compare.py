@@ -181,6 +181,7 @@ def results_dict(summaries: Sequence[dict]) -> dict:
             seeds[seed] = {
                 "miou": s.get("miou"), "miou_star": s.get("miou_star"), "iou": s.get("iou"),
                 "depth": s.get("depth"), "depth_baseline": s.get("depth_baseline"),
+                "heads": s.get("heads"),  # the aux heads' training statistics and collapse flags (eval)
                 "checkpoint": {"kind": checkpoint_kind(s), "stage": (s.get("checkpoint") or {}).get("stage"),
                                "iteration": (s.get("checkpoint") or {}).get("iteration")},
                 "summary": s.get("_path"),

@@ -24,7 +24,7 @@ from udaseg.data.protocols import Protocol, get_protocol
 from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
 from udaseg.io import sha256_file
-from udaseg.layout import RunLayout
+from udaseg.layout import LOG_FILE, RunLayout
 from udaseg.metrics import iou_from_confusion, mean_iou, miou_star, pixel_accuracy
 # re-exported for callers of this module (bench/eval.py)
 from udaseg.report import json_safe
@@ -117,6 +117,20 @@ def source_median_invdepth(config: Config, checkpoint: Path) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def training_heads(checkpoint: Path) -> dict | None:
+    """The auxiliary heads' last logged statistics and collapse flags from the training log of
+    the stage that made the checkpoint (train/, or train/ before a self_train/ checkpoint)."""
+    from udaseg.collapse import collapse_summary
+    from udaseg.engine import read_log
+
+    folder = Path(checkpoint).absolute().parent
+    for log in (folder / LOG_FILE, RunLayout(folder.parent).train.log):
+        found = collapse_summary(read_log(log))
+        if found["heads"]:
+            return found
+    return None
+
+
 @dataclass
 class EvalRun:
     summary: dict
@@ -144,6 +158,7 @@ def evaluate_checkpoint(config: Config, checkpoint: Path, out_dir: Path, *, spli
                              sample_indices=picks, progress=progress, total=len(dataset),
                              baseline_invdepth=source_median_invdepth(config, checkpoint))
     summary = build_summary(config, protocol, data, outcome, checkpoint, info, dev, label, name)
+    summary["heads"] = json_safe(training_heads(checkpoint))
     files = write_artifacts(out_dir, summary, outcome.samples, protocol, to_toml(config), figures=figures)
     return EvalRun(summary, files, outcome)
 

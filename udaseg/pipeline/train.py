@@ -8,8 +8,14 @@ One iteration (read `Stage1Step.__call__` top to bottom):
     F̂ = entropy(softmax) × density, both upsampled to the input size
 
 Ablations (paper Table 3): `m1` drops the density (F̂ = entropy, no D_s / D_t losses),
-`source_only` keeps only the weighted CE; `m2` is the paper's full stage 1; `oracle` trains on the
-labelled target split instead of the source.
+`source_only` keeps only the weighted CE; `m2` is the paper's full stage 1; `m2_entropy` keeps
+M2's heads and density losses but feeds the discriminator the entropy alone (so the density
+losses' own effect can be told from F̂'s); `oracle` trains on the labelled target split instead
+of the source.
+
+F̂'s factor (density in m2, depth in dada) reaches the generator live, as the release does, or
+detached (`train.adv_factor_grad`); each step logs the heads' output statistics beside their
+targets' so a collapse is seen (udaseg/collapse.py).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from udaseg.config import Config, data_root, resolve_under
 from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
 from udaseg.data.protocols import get_protocol
-from udaseg.engine import (HEALTH_PREFIX, DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
+from udaseg.collapse import HEALTH_PREFIX, head_stats
+from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
                            plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
                            set_rng_state,
                            training_state, unwrap, wrap_ddp)
@@ -58,7 +65,8 @@ def init_weights_path(config: Config, root: str | Path | None) -> Path | None:
 def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> TrainParts:
     t = config.train
     num_classes = get_protocol(config.experiment.protocol).num_classes
-    needs_gmm = t.ablation == "m2" or t.class_weights == "frequency" or t.head_targets == "normalized"
+    needs_gmm = t.ablation in DENSITY_ABLATIONS or t.class_weights == "frequency" or t.head_targets == "normalized" \
+        or t.adv_depth == "unit"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
     model = build_network(config, num_classes, env, init_weights_path(config, root))
     if t.head_targets == "normalized":
@@ -71,7 +79,7 @@ def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: R
         optimizer_disc = torch.optim.Adam(disc.parameters(), lr=t.lr_disc, betas=t.disc_betas)
         disc = wrap_ddp(disc, env)
     # ablations leave the depth / density heads unused: DDP must not wait for their grads
-    model = wrap_ddp(model, env, find_unused=t.ablation != "m2")  # m2 is the only one that uses every head
+    model = wrap_ddp(model, env, find_unused=t.ablation not in DENSITY_ABLATIONS)  # only these use every head
     weights = None
     if t.class_weights == "frequency":
         weights = torch.as_tensor(gmm.ce_weights, dtype=torch.float32, device=env.device)
@@ -105,7 +113,7 @@ class Stage1Step:
         # the berHu losses in the heads' own units (÷ 1 for the paper's raw heads): see train.head_targets
         self.depth_unit = float(net.depth_head.out_scale)
         self.density_unit = float(net.density_head.out_scale)
-        self.adv_unit = parts.gmm.squash_max if self.t.adv_density == "unit" and parts.gmm is not None else 1.0
+        self.adv_unit = adversarial_unit(self.t, self.adv_weight, parts.gmm)
 
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = normalize(batch["image"].to(self.env.device, non_blocking=True), self.backbone)
@@ -133,6 +141,7 @@ class Stage1Step:
             losses["depth"] = berhu(pred_depth_s, depth_s, mask=depth_s > 0)
             loss_s = loss_s + t.lambda_dep * losses["depth"] / self.depth_unit
             health.update(depth_health(pred_depth_s.detach(), depth_s))
+            health.update(head_stats("depth", "src", pred_depth_s, depth_s, valid=depth_s > 0))
         if "density" in self.heads:
             grid_hw = tuple(out_s.seg.shape[-2:])
             d_s = p.gmm.source_target(out_s.seg.detach().argmax(1), to_grid(label_s, grid_hw), to_grid(depth_s, grid_hw),
@@ -140,6 +149,7 @@ class Stage1Step:
             losses["density_src"] = berhu(out_s.density[:, 0].float(), d_s.float())
             loss_s = loss_s + t.lambda_bal * losses["density_src"] / self.density_unit
             health[f"{HEALTH_PREFIX}density_mae_src"] = (out_s.density[:, 0].detach().float() - d_s.float()).abs().mean()
+            health.update(head_stats("density", "src", out_s.density[:, 0], d_s))
         loss_s.backward()
 
         if p.disc is not None:
@@ -158,9 +168,12 @@ class Stage1Step:
                 if self.env.distributed:  # the target depth only feeds D_t (detached); DDP needs a grad
                     loss_t = loss_t + 0.0 * out_t.depth.float().sum()
                 health[f"{HEALTH_PREFIX}density_mae_tgt"] = (out_t.density[:, 0].detach().float() - d_t.float()).abs().mean()
+                health.update(head_stats("density", "tgt", out_t.density[:, 0], d_t))
+            if "depth" in self.target_heads:
+                health.update(head_stats("depth", "tgt", out_t.depth[:, 0]))
             # F̂ = entropy × this map: 1 (ADVENT, M1), predicted inverse depth (DADA), predicted density (M2)
-            weight_s, weight_t = adversarial_weights(self.adv_weight, out_s, out_t)
-            if self.adv_weight == "density" and self.adv_unit != 1.0:
+            weight_s, weight_t = adversarial_weights(self.adv_weight, out_s, out_t, live=t.adv_factor_grad == "live")
+            if self.adv_unit != 1.0:
                 weight_s, weight_t = weight_s / self.adv_unit, weight_t / self.adv_unit
             f_t = adversarial_input(out_t.seg.float(), weight_t, size_t)
             disc = unwrap(p.disc)
@@ -195,17 +208,39 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
     "dada": (("seg", "depth"), ("seg", "depth"), "depth"),
     "m1": (("seg", "depth"), ("seg",), None),
     "m2": (("seg", "depth", "density"), ("seg", "depth", "density"), "density"),
+    "m2_entropy": (("seg", "depth", "density"), ("seg", "depth", "density"), None),
 }
 ADVERSARIAL = tuple(name for name, (_, target_heads, _) in ABLATIONS.items() if target_heads)
+DENSITY_ABLATIONS = tuple(name for name, (heads, _, _) in ABLATIONS.items() if "density" in heads)
 
 
-def adversarial_weights(head: str | None, out_s, out_t) -> tuple[torch.Tensor, torch.Tensor]:
+def adversarial_weights(head: str | None, out_s, out_t, live: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps that weight the entropy in F̂ for (source, target): the source one detached
-    (it only trains the discriminator), the target one live (the generator learns through it)."""
+    (it only trains the discriminator); the target one live, so the generator's adversarial loss
+    also trains the head that makes it (the release), or detached (`train.adv_factor_grad`), so
+    only the segmentation learns from the discriminator."""
     if head is None:
         return (torch.ones_like(out_s.seg[:, :1], dtype=torch.float32),
                 torch.ones_like(out_t.seg[:, :1], dtype=torch.float32))
-    return getattr(out_s, head).detach().float(), getattr(out_t, head).float()
+    weight_t = getattr(out_t, head).float()
+    return getattr(out_s, head).detach().float(), weight_t if live else weight_t.detach()
+
+
+def adversarial_unit(t, factor: str | None, gmm: DepthGMM | None) -> float:
+    """What F̂'s factor is divided by: 1 (the paper: raw 0..255 density, raw inverse depth), or the
+    unit its own loss is taken in (train.adv_density / adv_depth = "unit": squash_max; the source
+    median inverse depth), so F̂ and the head's loss weigh the head's output alike."""
+    if gmm is None:
+        return 1.0
+    if factor == "density" and t.adv_density == "unit":
+        return float(gmm.squash_max)
+    if factor == "depth" and t.adv_depth == "unit":
+        median = float(gmm.invdepth_median)
+        if not (median == median and median > 0):
+            raise UdasegError('train.adv_depth = "unit" needs the source median inverse depth in gmm.h5; '
+                              're-run `udaseg fit-gmm`, or set train.adv_depth = "raw"')
+        return median
+    return 1.0
 
 
 def depth_health(pred_invdepth: torch.Tensor, gt_invdepth: torch.Tensor) -> dict[str, torch.Tensor]:
