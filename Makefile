@@ -161,10 +161,10 @@ ablation: $(ABL_SUMMARIES)  ## paper Tables 1 + 3 on the synthetic benchmark, me
 SEL      := $(RUNS)/selection/$(RECIPE)
 SEL_ARGS := --config stages/$(RECIPE).toml --data-root $(DATA) --runs-root $(SEL)
 SEL_ARMS ?= m1 m2_live m2_detached m2_auxlr1 m2_nodecay m2_entropy dada_live dada_unit
-ARM_m2_live     := --ablation m2 --set train.adv_factor_grad=live
-ARM_m2_detached := --ablation m2 --set train.adv_factor_grad=detached
-ARM_m2_auxlr1   := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_lr_mult=1.0
-ARM_m2_nodecay  := --ablation m2 --set train.adv_factor_grad=live --set train.aux_head_decay_mult=0.0
+ARM_m2_live     := --ablation m2 --set train.adv_density_grad=live
+ARM_m2_detached := --ablation m2 --set train.adv_density_grad=detached
+ARM_m2_auxlr1   := --ablation m2 --set train.adv_density_grad=live --set train.aux_head_lr_mult=1.0
+ARM_m2_nodecay  := --ablation m2 --set train.adv_density_grad=live --set train.aux_head_decay_mult=0.0
 ARM_m2_entropy  := --ablation m2_entropy
 ARM_m1          := --ablation m1
 ARM_dada_live   := --ablation dada --set train.adv_depth=raw

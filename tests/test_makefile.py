@@ -53,8 +53,8 @@ def test_demo_chains_every_stage_in_order():
 def test_selection_runs_each_arm_with_its_switch_and_only_the_final_checkpoint():
     lines = dry_run("selection", "SEEDS=0 1")
     runs = "/tmp/udaseg-dry/selection/demo"
-    arms = {"m2_live": "--ablation m2 --set train.adv_factor_grad=live",
-            "m2_detached": "--ablation m2 --set train.adv_factor_grad=detached",
+    arms = {"m2_live": "--ablation m2 --set train.adv_density_grad=live",
+            "m2_detached": "--ablation m2 --set train.adv_density_grad=detached",
             "m2_auxlr1": "--set train.aux_head_lr_mult=1.0", "m2_nodecay": "--set train.aux_head_decay_mult=0.0",
             "m2_entropy": "--ablation m2_entropy", "dada_unit": "--ablation dada --set train.adv_depth=unit",
             "dada_live": "--ablation dada --set train.adv_depth=raw", "m1": "--ablation m1"}

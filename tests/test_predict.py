@@ -92,7 +92,9 @@ def test_folder_of_mixed_sizes_with_corrupt_files_and_resume(ckpt, images, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "predicted 5 image(s), skipped 0 already written, 2 failed" in result.output
-    assert "corrupt.png" in result.output and "truncated.png" in result.output
+    failures = [line for line in result.output.splitlines() if line.startswith("failed:")]
+    assert len(failures) == 2 and all("cannot decode image" in f and "re-download" in f for f in failures), failures
+    assert "corrupt.png" in failures[0] and "truncated.png" in failures[1]
     palette = palette_for(get_protocol("synthia2cityscapes16"))
     for key, src in (("a/x", "a/x.png"), ("b/x", "b/x.png"), ("b/deep/y", "b/deep/y.png"), ("c", "c.png"),
                      ("a/z", "a/z.jpg")):
@@ -106,7 +108,8 @@ def test_folder_of_mixed_sizes_with_corrupt_files_and_resume(ckpt, images, tmp_p
         expect = np.round(image.permute(1, 2, 0).numpy() * 0.5 + palette[got] * 0.5)
         assert np.abs(blend - expect).max() <= 1
     record = json.loads((out / "predict.json").read_text())
-    assert record["written"] == 5 and len(record["failed"]) == 2 and record["classes"][0] == "road"
+    assert record["last_call"]["written"] == 5 and len(record["last_call"]["failed"]) == 2
+    assert record["classes"][0] == "road"
     assert not (out / "labels" / "b" / "corrupt.png").exists()
 
     # resume: nothing is redone, files untouched; a missing output is redone alone
@@ -266,3 +269,107 @@ def test_a_letterboxed_target_is_predicted_letterboxed(ckpt, tmp_path):
         seg = upsample(model(normalize(x[None], cfg.model.backbone), heads=("seg",)).seg, (INPUT[1], INPUT[0]))
     expect = upsample(seg[..., :12, :48], (20, 80)).argmax(1)[0].numpy()
     assert (png(tmp_path / "o" / "labels" / "wide.png") == expect).mean() > 0.999
+
+
+def _tree(root, names, seed=7):
+    rng = np.random.default_rng(seed)
+    for name in names:
+        write_png(root / name, rng.integers(0, 256, (24, 36, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_out_in_an_input_folder_never_reads_its_own_outputs(ckpt, tmp_path, inside):
+    """--out equal to (or inside) the input folder: the second call finds its own labels/, color/,
+    overlay/ PNGs there and must neither predict them nor key anything after them."""
+    ckpt_path, _ = ckpt
+    images = _tree(tmp_path / "in", ["a.png", "sub/b.png"])
+    out = images / "preds" if inside else images
+    args = ["predict", str(images), "--checkpoint", str(ckpt_path), "--out", str(out), "--workers", "0", "--confidence"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and "predicted 2 image(s), skipped 0" in first.output, first.output
+    files = {p: p.stat().st_mtime_ns for p in images.rglob("*") if p.is_file() and p.name != "predict.json"}
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "predicted 0 image(s), skipped 2 already written, 0 failed" in second.output, second.output
+    glob_call = runner.invoke(app, ["predict", str(images / "**" / "*.png"), "--checkpoint", str(ckpt_path), "--out",
+                                    str(out), "--workers", "0", "--confidence"])
+    assert glob_call.exit_code == 0 and "predicted 0 image(s), skipped 2" in glob_call.output, glob_call.output
+    assert {p: p.stat().st_mtime_ns for p in images.rglob("*") if p.is_file() and p.name != "predict.json"} == files  # no file new or touched
+    for kind in ("labels", "color", "overlay", "confidence"):
+        assert sorted(p.relative_to(out / kind).as_posix() for p in (out / kind).rglob("*.png")) == ["a.png", "sub/b.png"]
+    record = json.loads((out / "predict.json").read_text())
+    assert sorted(record["predictions"]) == ["a", "sub/b"]
+    named = runner.invoke(app, ["predict", str(out / "color" / "a.png"), "--checkpoint", str(ckpt_path), "--out", str(out)])
+    assert named.exit_code == 1 and "color/a.png: is one of predict's own outputs in --out" in named.output
+
+
+def test_predict_json_describes_every_output_of_its_folder_across_calls(ckpt, tmp_path):
+    ckpt_path, _ = ckpt
+    out = tmp_path / "out"
+    one = _tree(tmp_path / "one", ["a.png"], seed=8)
+    two = _tree(tmp_path / "two", ["b.png", "c.png"], seed=9)
+    base = ["--checkpoint", str(ckpt_path), "--out", str(out), "--workers", "0"]
+    assert runner.invoke(app, ["predict", str(one), *base]).exit_code == 0
+    assert runner.invoke(app, ["predict", str(two / "b.png"), str(two / "c.png"), *base, "--no-color", "--depth"]).exit_code == 0
+    record = json.loads((out / "predict.json").read_text())
+    assert record["format"] == "udaseg.predict.v2" and record["protocol"] == "synthia2cityscapes16"
+    predictions = record["predictions"]
+    assert sorted(predictions) == ["a", "b", "c"]
+    assert predictions["a"]["input"] == str((one / "a.png").resolve())
+    assert predictions["b"]["input"] == str((two / "b.png").resolve())
+    assert predictions["a"]["outputs"] == {k: f"{k}/a.png" for k in ("labels", "color", "overlay")}
+    assert predictions["c"]["outputs"] == {k: f"{k}/c.png" for k in ("labels", "depth", "depth_color")}
+    # every PNG in the folder is listed, and every listed file exists
+    listed = sorted(path for entry in predictions.values() for path in entry["outputs"].values())
+    assert listed == sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert {e["checkpoint"] for e in predictions.values()} == {str(ckpt_path.resolve())}
+    assert record["checkpoints"][str(ckpt_path.resolve())]["stage"] == "stage1"
+    assert predictions["a"]["input_size"] == list(INPUT) and predictions["a"]["refine"] is False
+    assert record["last_call"] == {"written": 2, "skipped": 0, "videos": 0, "failed": []}
+
+    # another image under a key the folder already holds: refused, nothing written
+    clash = _tree(tmp_path / "three", ["a.png"], seed=10)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = runner.invoke(app, ["predict", str(clash), *base])
+    assert refused.exit_code == 1 and "hold the prediction of" in refused.output and "--overwrite" in refused.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a checkpoint of another protocol into this folder: refused, nothing written
+    other = tmp_path / "c7.pt"
+    make_checkpoint(other, "synthia2cityscapes7")
+    refused = runner.invoke(app, ["predict", str(tmp_path / "three"), "--checkpoint", str(other), "--out", str(out)])
+    assert refused.exit_code == 1, refused.output
+    assert "predict.json: this folder holds synthia2cityscapes16 predictions" in refused.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # an unreadable record is not replaced
+    (out / "predict.json").write_text("{not json")
+    refused = runner.invoke(app, ["predict", str(clash), *base, "--overwrite"])
+    assert refused.exit_code == 1 and "predict.json: not a readable predict record" in refused.output
+    assert (out / "predict.json").read_text() == "{not json"
+
+
+def test_an_interrupted_call_records_what_it_wrote(ckpt, tmp_path, monkeypatch):
+    """Ctrl-C after the first batch: the finished images are in predict.json, so a rerun (which
+    skips them) still lists them with their checkpoint."""
+    import udaseg.pipeline.predict as predict_module
+
+    ckpt_path, cfg = ckpt
+    images = _tree(tmp_path / "in", ["a.png", "b.png", "c.png"], seed=12)
+    real = predict_module.OutputWriter.add
+    calls = []
+
+    def add_then_interrupt(self, prepared, pred):
+        real(self, prepared, pred)
+        calls.append(prepared.tag.item.key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module.OutputWriter, "add", add_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(cfg, ckpt_path, [str(images)], tmp_path / "o", PredictOptions(progress=False, batch_size=1))
+    record = json.loads((tmp_path / "o" / "predict.json").read_text())
+    assert sorted(record["predictions"]) == ["a", "b"]
+    monkeypatch.setattr(predict_module.OutputWriter, "add", real)
+    result = run_predict(cfg, ckpt_path, [str(images)], tmp_path / "o", PredictOptions(progress=False))
+    assert result.written == 1 and result.skipped == 2
+    record = json.loads((tmp_path / "o" / "predict.json").read_text())
+    assert {k: e["checkpoint"] for k, e in record["predictions"].items()} == {k: str(ckpt_path.resolve()) for k in "abc"}

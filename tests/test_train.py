@@ -554,10 +554,10 @@ def _aux_params(net) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("grad, moves", [("live", True), ("detached", False)])
-def test_adv_factor_grad_decides_whether_the_adversarial_loss_trains_the_density_head(grad, moves, data, runs):
+def test_adv_density_grad_decides_whether_the_adversarial_loss_trains_the_density_head(grad, moves, data, runs):
     """With the density head's own losses off (λ_bal = λ_tar = 0) and no weight decay, the only
     gradient that can reach it is the adversarial one through F̂: live moves it, detached not a bit."""
-    cfg = config(train__adv_factor_grad=grad, train__lambda_bal=0.0, train__lambda_tar=0.0, train__weight_decay=0.0,
+    cfg = config(train__adv_density_grad=grad, train__lambda_bal=0.0, train__lambda_tar=0.0, train__weight_decay=0.0,
                  train__lambda_adv=1.0, train__lr=1e-2)
     parts = stage1.build_parts(cfg, DistEnv(), data, RunLayout.for_config(cfg, runs))
     before = [p.detach().clone() for p in parts.model.density_head.parameters()]

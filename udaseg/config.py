@@ -121,10 +121,10 @@ class TrainConfig:
     # weight decay of the depth and density heads' own parameters ÷ train.weight_decay (1 = the
     # release: one decay for every layer; 0 = no decay on them)
     aux_head_decay_mult: float = 1.0
-    # F̂'s factor (the density in m2, the depth in dada) in the generator's adversarial loss: "live"
-    # (the release: the adversarial gradient also trains that head) or "detached" (only the
-    # segmentation learns from the discriminator; the head learns from its own loss alone)
-    adv_factor_grad: Literal["live", "detached"] = "live"
+    # the density factor of M2's F̂ in the generator's adversarial loss: "live" (the release: the
+    # adversarial gradient also trains the density head) or "detached" (only the segmentation
+    # learns from the discriminator; the density head learns from its own losses alone)
+    adv_density_grad: Literal["live", "detached"] = "live"
     # what multiplies the entropy in M2's F̂: the predicted density as is (0..squash_max, the paper)
     # or ÷ squash_max ("unit": F̂ keeps the entropy map's 0..1 range)
     adv_density: Literal["raw", "unit"] = "raw"

@@ -47,7 +47,7 @@ def resolve_checkpoint(checkpoint: Path | None, config: Path | None, overrides, 
 @user_errors
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs (quote them); JPEG, PNG, and videos with the `video` extra.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (labels/, color/, overlay/, ... and predict.json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (labels/, color/, overlay/, ... and predict.json, merged across calls); may be an input folder.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint to apply (default: the --config run's last checkpoint).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,

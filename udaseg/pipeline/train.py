@@ -13,8 +13,8 @@ M2's heads and density losses but feeds the discriminator the entropy alone (so 
 losses' own effect can be told from F̂'s); `oracle` trains on the labelled target split instead
 of the source.
 
-F̂'s factor (density in m2, depth in dada) reaches the generator live, as the release does, or
-detached (`train.adv_factor_grad`); each step logs the heads' output statistics beside their
+F̂'s density factor reaches the generator live, as the release does, or detached
+(`train.adv_density_grad`; dada's depth factor stays live, as DADA); each step logs the heads' output statistics beside their
 targets' so a collapse is seen (udaseg/collapse.py).
 """
 
@@ -172,7 +172,8 @@ class Stage1Step:
             if "depth" in self.target_heads:
                 health.update(head_stats("depth", "tgt", out_t.depth[:, 0]))
             # F̂ = entropy × this map: 1 (ADVENT, M1), predicted inverse depth (DADA), predicted density (M2)
-            weight_s, weight_t = adversarial_weights(self.adv_weight, out_s, out_t, live=t.adv_factor_grad == "live")
+            live = self.adv_weight != "density" or t.adv_density_grad == "live"
+            weight_s, weight_t = adversarial_weights(self.adv_weight, out_s, out_t, live=live)
             if self.adv_unit != 1.0:
                 weight_s, weight_t = weight_s / self.adv_unit, weight_t / self.adv_unit
             f_t = adversarial_input(out_t.seg.float(), weight_t, size_t)
@@ -217,8 +218,8 @@ DENSITY_ABLATIONS = tuple(name for name, (heads, _, _) in ABLATIONS.items() if "
 def adversarial_weights(head: str | None, out_s, out_t, live: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps that weight the entropy in F̂ for (source, target): the source one detached
     (it only trains the discriminator); the target one live, so the generator's adversarial loss
-    also trains the head that makes it (the release), or detached (`train.adv_factor_grad`), so
-    only the segmentation learns from the discriminator."""
+    also trains the head that makes it (the release), or detached (`train.adv_density_grad` for
+    the density), so only the segmentation learns from the discriminator."""
     if head is None:
         return (torch.ones_like(out_s.seg[:, :1], dtype=torch.float32),
                 torch.ones_like(out_t.seg[:, :1], dtype=torch.float32))
