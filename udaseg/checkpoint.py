@@ -18,7 +18,7 @@ from torch import nn
 
 from udaseg.config import Config, to_toml
 from udaseg.data.protocols import get_protocol
-from udaseg.errors import UdasegError
+from udaseg.errors import UdasegError, shorten
 from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, TrainDir
 from udaseg.model import channels_last, model_from_config
@@ -60,7 +60,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickled objects, random bytes...
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        first = shorten(str(err)) or type(err).__name__
         raise CheckpointError(f"{path}: not a readable udaseg checkpoint ({first}); delete it and use an earlier one or re-run") from None
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise CheckpointError(f"{path}: not a udaseg checkpoint (no model weights / iteration in it)")

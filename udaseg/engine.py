@@ -30,7 +30,7 @@ from udaseg.checkpoint import check_compatible, checkpoint_dict, load_checkpoint
 from udaseg.config import Config, TrainConfig
 from udaseg.data.build import make_loader
 from udaseg.device import resolve_device
-from udaseg.errors import UdasegError
+from udaseg.errors import StageFinished, UdasegError
 from udaseg.gmm import DepthGMM
 from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
@@ -247,14 +247,21 @@ def restore(parts: TrainParts, state: dict) -> None:
     set_rng_state(state["rng"])
 
 
-def resume_or_refuse(folder: TrainDir, config: Config, parts: TrainParts, env: DistEnv, resume: bool) -> dict | None:
+def resume_or_refuse(folder: TrainDir, config: Config, parts: TrainParts, env: DistEnv, resume: bool,
+                     total: int | None = None) -> dict | None:
     """--continue: load `checkpoint_latest.pt` into `parts` and return it. A fresh run never
-    overwrites another run's checkpoints: it is refused, naming the folder."""
+    overwrites another run's checkpoints: it is refused, naming the folder. A run whose final
+    checkpoint has reached `total` iterations is finished: StageFinished, before anything is written."""
     if not resume:
         if folder.has_checkpoints():
             raise UdasegError(f"{folder.path}: already holds checkpoints; pass --continue to resume, "
                               "or remove the folder to start over")
         return None
+    if total is not None and folder.final.is_file():
+        done = int(load_checkpoint(folder.final)["iteration"])
+        if done >= total:
+            raise StageFinished(f"{folder.path}: already finished ({done} of {total} iterations); nothing to "
+                                "continue and nothing changed (raise the iterations to train further)")
     if not folder.latest.is_file():
         raise UdasegError(f"{folder.latest}: nothing to continue; run without --continue to start")
     state = load_checkpoint(folder.latest, map_location=env.device)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from udaseg.data.depth import INVDEPTH_SCALE
-from udaseg.errors import UdasegError
+from udaseg.errors import UdasegError, shorten
 from udaseg.io import atomic_path
 from udaseg.grid import output_grid
 
@@ -379,7 +379,7 @@ def load_gmm(path: str | Path, protocol: str | None = None, input_size: tuple[in
     except UdasegError:
         raise
     except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = shorten(str(err)) or type(err).__name__
         raise UdasegError(f"{path}: cannot read the GMM file (truncated or corrupt: {reason}); {_FIX}") from None
     if protocol is not None and model.protocol != protocol:
         raise UdasegError(

@@ -53,4 +53,4 @@ def check_data(
             fail(f"{len(problems)} problem(s) found with every file opened ({checked} of {count} samples readable); "
                  "fix the files listed above and run `udaseg check-data --all` again")
         fail(f"{len(problems)} problem(s) found in the datasets above; fix them and run `udaseg check-data` again")
-    next_step(f"udaseg fit-gmm{recipe_hint(config)}")
+    next_step(f"udaseg fit-gmm{recipe_hint(config, set_, data_root)}")

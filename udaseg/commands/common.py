@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+from rich.markup import escape
 
 from udaseg.config import Config, ConfigError, load_config
-from udaseg.errors import UdasegError
+from udaseg.errors import StageFinished, UdasegError, worker_message
 from udaseg.io import require_writable
 from udaseg.progress import console
 
@@ -45,8 +46,6 @@ def resolve_config(config: Path | None, overrides: list[str] | None) -> Config:
 
 def fail(message: str, code: int = 1) -> None:
     """Print one line naming the problem and its fix, then exit non-zero."""
-    from rich.markup import escape  # a message may hold brackets, e.g. pip install 'udaseg[export]'
-
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -63,8 +62,11 @@ def user_errors(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except StageFinished as done:  # --continue on a finished stage: not an error, nothing to do
+            console.print(f"[bold green]done:[/] {escape(str(done))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(0)
         except (UdasegError, ConfigError) as err:
-            fail(str(err))
+            fail(worker_message(str(err)))  # also raised in a DataLoader worker: without its traceback
         except OSError as err:
             if err.errno not in ENVIRONMENT_ERRNOS:
                 raise
@@ -100,9 +102,20 @@ def check_run_folder(cfg: Config, runs_root: Path | None) -> None:
     require_writable(RunLayout.for_config(cfg, runs_root).root, RUNS_FIX)
 
 
-def recipe_hint(config: Path | None) -> str:
-    """` --config R` for the next-step hint, when the user gave a recipe."""
-    return f" --config {config}" if config else ""
+LOCATING_KEYS = ("experiment.name", "data.root")  # --set overrides that say where a run's files are
+
+
+def recipe_hint(config: Path | None, overrides: list[str] | None = None, data_root: Path | None = None,
+                runs_root: Path | None = None) -> str:
+    """The options that locate this run, for the next-step hint: copying the hint must reach the same
+    folders (--config, --data-root, --runs-root and the --set of experiment.name / data.root)."""
+    import shlex
+
+    parts = [f"--config {shlex.quote(str(config))}"] if config else []
+    parts += [f"--data-root {shlex.quote(str(data_root))}"] if data_root else []
+    parts += [f"--runs-root {shlex.quote(str(runs_root))}"] if runs_root else []
+    parts += [f"--set {shlex.quote(o)}" for o in overrides or [] if o.split("=", 1)[0].strip() in LOCATING_KEYS]
+    return "".join(f" {p}" for p in parts)
 
 
 def next_step(command: str) -> None:

@@ -51,4 +51,4 @@ def pseudolabel(
             console.print(f"[yellow]warning:[/] below self_train.min_kept_fraction = {cfg.self_train.min_kept_fraction:g}: "
                           "self-train will refuse these labels (the model is confident almost nowhere); "
                           "train longer or lower pseudolabel.conf_threshold", highlight=False, soft_wrap=True)
-        next_step(f"udaseg self-train{recipe_hint(config)}")
+        next_step(f"udaseg self-train{recipe_hint(config, set_, data_root, runs_root)}")

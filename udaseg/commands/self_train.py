@@ -43,4 +43,4 @@ def self_train(
         final = run_self_train(cfg, env, checkpoint, data_root, runs_root, resume=continue_, workers=workers)
     if env.is_main:
         console.print(f"self-train done: {final}")
-        next_step(f"udaseg eval{recipe_hint(config)}")
+        next_step(f"udaseg eval{recipe_hint(config, set_, data_root, runs_root)}")

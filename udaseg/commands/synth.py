@@ -126,8 +126,12 @@ def synth(
     meta = generate(out, cfg, workers=workers, progress=progress, overwrite=overwrite)
     seconds = time.perf_counter() - start
     total = cfg.num_source + cfg.num_target_train + cfg.num_target_val
-    note = " (resumed)" if meta.get("resumed") else ""
-    console.print(f"wrote {meta['written']} of {total} images{note} to {out} in {seconds:.1f} s; "
-                  f"see {out / 'contact_sheet.png'}", highlight=False, soft_wrap=True)
+    if meta.get("resumed") and meta["written"] == 0:
+        console.print(f"{out} already holds all {total} images of these parameters; nothing written "
+                      "(--overwrite makes them again)", highlight=False, soft_wrap=True)
+    else:
+        note = " (resumed)" if meta.get("resumed") else ""
+        console.print(f"wrote {meta['written']} of {total} images{note} to {out} in {seconds:.1f} s; "
+                      f"see {out / 'contact_sheet.png'}", highlight=False, soft_wrap=True)
     next_step("udaseg check-data --config stages/demo.toml")
     next_step("udaseg fit-gmm --config stages/demo.toml")

@@ -47,4 +47,4 @@ def train(
         best = TrainDir(final.parent).best
         chosen = best if cfg.train.select == "best" and best.is_file() else final  # what the next stages start from
         console.print(f"train done: {final}" + (f"; best on the target val: {best}" if best.is_file() else ""))
-        next_step(f"udaseg pseudolabel{recipe_hint(config)} --checkpoint {chosen} --refine")
+        next_step(f"udaseg pseudolabel{recipe_hint(config, set_, data_root, runs_root)} --checkpoint {chosen} --refine")

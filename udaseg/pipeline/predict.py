@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from udaseg.config import Config
 from udaseg.data.pngio import encode_png, read_rgb
 from udaseg.data.protocols import IGNORE, Protocol, get_protocol
-from udaseg.errors import DataError, UdasegError
+from udaseg.errors import DataError, UdasegError, shorten
 from udaseg.inference import CONFIDENCE_PNG_SCALE, DEPTH_PNG_SCALE, colorize_depth, labelid_table, overlay
 from udaseg.io import atomic_write_bytes, new_temporary
 from udaseg.progress import progress_bar, rate_text
@@ -286,7 +286,7 @@ def _frames(item: InputFile, transform: InputTransform, result: PredictResult) -
     try:
         container = av.open(str(item.path))
     except Exception as err:  # av raises its own error types for every broken file
-        result.failed.append((str(item.path), f"cannot open the video ({type(err).__name__}: {str(err)[:100]})"))
+        result.failed.append((str(item.path), f"cannot open the video ({type(err).__name__}: {shorten(str(err), 100)})"))
         return
     try:
         stream = container.streams.video[0]
@@ -299,7 +299,7 @@ def _frames(item: InputFile, transform: InputTransform, result: PredictResult) -
         if index == 0:
             result.failed.append((str(item.path), "the video has no decodable frames"))
     except Exception as err:
-        result.failed.append((str(item.path), f"video decoding stopped ({type(err).__name__}: {str(err)[:100]})"))
+        result.failed.append((str(item.path), f"video decoding stopped ({type(err).__name__}: {shorten(str(err), 100)})"))
     finally:
         container.close()
 

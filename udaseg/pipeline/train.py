@@ -264,7 +264,7 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
     t = config.train
     torch.manual_seed(config.experiment.seed)
     parts = build_parts(config, env, root, layout)
-    state = resume_or_refuse(folder, config, parts, env, resume)
+    state = resume_or_refuse(folder, config, parts, env, resume, total=t.iterations)
     start = int(state["iteration"]) if state else 0
 
     workers = config.data.num_workers if workers is None else workers
