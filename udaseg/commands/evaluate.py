@@ -52,6 +52,9 @@ def evaluate(
         require_writable(out, RUNS_FIX)
     else:
         require_writable(out, OUT_FIX)
+    from udaseg.device import resolve_device
+
+    resolve_device(device)  # an absent --device is refused before anything is printed or loaded
     console.print(f"evaluating {ckpt} -> {out}", highlight=False)
     run = evaluate_checkpoint(cfg, ckpt, out, split=split, root=data_root, source=source, device=device,
                               max_images=max_images, workers=workers, label=label, name=name)

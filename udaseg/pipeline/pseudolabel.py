@@ -127,7 +127,7 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     configure_cpu_threads(env, workers)
 
     pool = ThreadPoolExecutor(max_workers=writer_threads)
-    pending = []  # (names, counts of the batch, its write jobs), in the ledger once every write is done
+    pending = []  # (names, their counts, their write jobs), in the ledger once the writes are done
     bar = progress_bar(progress and env.is_main)
     with bar:
         task = bar.add_task("pseudolabel", total=len(mine), info="")
@@ -142,15 +142,16 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
                 confident = torch.where(conf >= pl.conf_threshold, pred, torch.full_like(pred, IGNORE))
                 refined = (refine(pred, conf, thresholds, pl.conf_threshold, pl.connectivity)
                            if do_refine else confident)
-                delta = {k: torch.zeros_like(v) for k, v in counts.items()}
-                _accumulate(delta, pred, confident, refined, batch.get("label"), C)
-                for k in counts:
-                    counts[k] += delta[k]
-                jobs = []
-                for name, array in zip(batch["name"], refined.cpu().numpy()):
+                gt = batch.get("label")
+                for b, (name, array) in enumerate(zip(batch["name"], refined.cpu().numpy())):
+                    delta = {k: torch.zeros_like(v) for k, v in counts.items()}  # this image's counts
+                    _accumulate(delta, pred[b:b + 1], confident[b:b + 1], refined[b:b + 1],
+                                None if gt is None else gt[b:b + 1], C)
+                    for k in counts:
+                        counts[k] += delta[k]
                     colour_path = colour_dir / f"{name}.png" if colour else None
-                    jobs.append(pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, protocol))
-                pending.append((list(batch["name"]), delta, jobs))
+                    job = pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, protocol)
+                    pending.append(([name], delta, [job]))
                 pending = _record_finished(pending, layout.pseudo_counts)
                 bar.advance(task, len(batch["name"]))
         for _, _, jobs in pending:
@@ -172,10 +173,10 @@ COUNTS = ("predicted", "confident", "kept", "labelled", "confident_labelled", "k
 
 
 def _record_finished(pending: list, ledger: Path) -> list:
-    """Append to the ledger each batch whose label files are all written (in order); return the rest.
+    """Append to the ledger each entry whose label files are written (in order); return the rest.
 
-    One line per batch: its sample names and pixel counts. A line is appended only after its
-    labels exist, so the ledger never counts a label that is not on disk."""
+    One line per image: its name and pixel counts, appended only after its label exists, so the
+    ledger never counts a label that is not on disk and --continue redoes only missing labels."""
     while pending and all(job.done() for job in pending[0][2]):
         names, delta, jobs = pending.pop(0)
         for job in jobs:
@@ -187,7 +188,7 @@ def _record_finished(pending: list, ledger: Path) -> list:
 
 
 def _read_ledger(ledger: Path, labels_dir: Path, counts: dict | None) -> set[str]:
-    """Add the ledger's counts of batches whose labels all exist to `counts` (if given); return their names."""
+    """Add the ledger's counts of images whose labels exist to `counts` (if given); return their names."""
     done: set[str] = set()
     if not ledger.is_file():
         return done
