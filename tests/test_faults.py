@@ -200,8 +200,11 @@ def test_ctrl_c_of_the_process_group_saves_and_says_one_line(bench, tmp_path):  
     while not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.5)
-    workers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) >= 2  # the main process and its loader worker(s) are running
+    group = []
+    while len(group) < 2 and time.monotonic() < deadline:  # the main process and its loader worker(s)
+        group = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        time.sleep(0.2)
+    assert len(group) >= 2, group
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
