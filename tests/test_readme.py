@@ -4,8 +4,8 @@ The blocks run in document order in one scratch folder laid out as a user's clon
 demo: `stages/demo.toml` (the shipped recipe), `data/demo` from `udaseg synth` at a tiny size,
 `runs/demo/gmm/gmm.h5` from `udaseg fit-gmm`, and a self-trained checkpoint of the demo's network
 (random weights: what the blocks exercise is the commands, not accuracy). The files a snippet names
-as the user's own (`photos/`, `drives/**/*.jpg`, `frame.png`) are created from the synthetic target
-images; nothing in a block's text is changed. `udaseg` is this tree's CLI on PATH.
+as the user's own (`photos/`, `drives/**/*.jpg`, `frame.png`, `photo.jpg`, `street.png`) are created from
+the synthetic target images; nothing in a block's text is changed. `udaseg` is this tree's CLI on PATH.
 
 A block preceded by `<!-- readme-test: skip (why) -->` is not run; SKIPPED below lists them, so a new
 skip must be argued here. They need the real datasets, a GPU, or run the whole suite; the own-data
@@ -102,6 +102,8 @@ def clone(tmp_path_factory) -> Path:
         rgb.save(root / "photos" / f"p{i}.png")
         rgb.resize((80, 60)).save(root / "drives" / "day1" / f"d{i}.jpg")  # another size: predict takes any
     shutil.copy(frames[0], root / "frame.png")
+    shutil.copy(frames[1], root / "street.png")
+    Image.open(frames[2]).convert("RGB").save(root / "photo.jpg")
     bin_dir = root / "bin"
     bin_dir.mkdir()
     (bin_dir / "udaseg").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m udaseg "$@"\n')
