@@ -167,8 +167,8 @@ ARM_m2_auxlr1   := --ablation m2 --set train.adv_density_grad=live --set train.a
 ARM_m2_nodecay  := --ablation m2 --set train.adv_density_grad=live --set train.aux_head_decay_mult=0.0
 ARM_m2_entropy  := --ablation m2_entropy
 ARM_m1          := --ablation m1
-ARM_dada_live   := --ablation dada --set train.adv_depth=raw
-ARM_dada_unit   := --ablation dada --set train.adv_depth=unit
+ARM_dada_live   := --ablation dada_simple --set train.adv_depth=raw
+ARM_dada_unit   := --ablation dada_simple --set train.adv_depth=unit
 
 $(SEL)/shared/gmm/gmm.h5: $(DATA)/demo/synth.json stages/$(RECIPE).toml | $(STAMP)
 	$(UDASEG) fit-gmm $(SEL_ARGS) --set experiment.name=shared --no-plots

@@ -56,8 +56,8 @@ def test_selection_runs_each_arm_with_its_switch_and_only_the_final_checkpoint()
     arms = {"m2_live": "--ablation m2 --set train.adv_density_grad=live",
             "m2_detached": "--ablation m2 --set train.adv_density_grad=detached",
             "m2_auxlr1": "--set train.aux_head_lr_mult=1.0", "m2_nodecay": "--set train.aux_head_decay_mult=0.0",
-            "m2_entropy": "--ablation m2_entropy", "dada_unit": "--ablation dada --set train.adv_depth=unit",
-            "dada_live": "--ablation dada --set train.adv_depth=raw", "m1": "--ablation m1"}
+            "m2_entropy": "--ablation m2_entropy", "dada_unit": "--ablation dada_simple --set train.adv_depth=unit",
+            "dada_live": "--ablation dada_simple --set train.adv_depth=raw", "m1": "--ablation m1"}
     for seed in (0, 1):
         for arm, switch in arms.items():
             train = [l for l in lines if "udaseg train " in l and f"experiment.name={arm}_s{seed} " in l]

@@ -122,7 +122,7 @@ def _checkpoint(path, stage: str, ablation: str):
 
 
 @pytest.mark.parametrize("stage,ablation,has", [("stage1", "m2", True), ("stage1", "m1", False),
-                                                ("stage1", "advent", False), ("self_train", "m2", False)])
+                                                ("stage1", "advent_entropy", False), ("self_train", "m2", False)])
 def test_density_only_where_the_checkpoint_trained_it(stage, ablation, has, tmp_path):
     seg = Segmenter.from_checkpoint(_checkpoint(tmp_path / "c.pt", stage, ablation), device="cpu")
     image = np.zeros((20, 30, 3), np.uint8)

@@ -447,30 +447,37 @@ def test_resumable_sampler(n):
 # ----------------------------------------------------------------------------- 9. what each ablation feeds D
 
 
-def _record_step(cfg, data, runs, monkeypatch):
-    """One step; returns (model outputs in call order, discriminator inputs in call order)."""
-    from udaseg.model import SegDepthNet
-
+def _record_step(cfg, data, runs, monkeypatch, levels=None):
+    """One step; returns (model outputs in call order, discriminator inputs in call order). The
+    network is the row's own (the paper's, ADVENT's or DADA's): its forward is wrapped on the instance;
+    `levels`, when a list, collects the discriminator level of each call (ADVENT's two)."""
     outputs, disc_inputs = [], []
-    real_forward = SegDepthNet.forward
+    parts = stage1.build_parts(cfg, DistEnv(), data, RunLayout.for_config(cfg, runs))
+    real_forward = parts.model.forward
 
-    def forward(self, x, heads=("seg", "depth", "density")):
-        out = real_forward(self, x, heads=heads)
+    def forward(x, heads=None):
+        out = real_forward(x, heads=heads)
         outputs.append((tuple(x.shape[-2:]), {k: getattr(out, k).detach().clone() for k in heads}))
         return out
 
-    monkeypatch.setattr(SegDepthNet, "forward", forward)
-    parts = stage1.build_parts(cfg, DistEnv(), data, RunLayout.for_config(cfg, runs))
+    parts.model.forward = forward
     real_disc = parts.disc.forward
-    parts.disc.forward = lambda f: (disc_inputs.append(f.detach().clone()), real_disc(f))[1]
+
+    def disc(f, *level):
+        disc_inputs.append(f.detach().clone())
+        if levels is not None:
+            levels.append(level[0] if level else "main")
+        return real_disc(f, *level)
+
+    parts.disc.forward = disc
     src = stage1.sampled_batches(stage1.source_dataset(cfg, data), 2, 0, 0, 0, DistEnv())
     tgt = stage1.sampled_batches(stage1.target_dataset(cfg, "train", data), 2, 0, 1, 0, DistEnv())
     stage1.Stage1Step(cfg, parts, DistEnv(), src, tgt)(0)
     return outputs, disc_inputs
 
 
-@pytest.mark.parametrize("ablation, weight", [("advent", None), ("dada", "depth"), ("m1", None), ("m2", "density"),
-                                              ("m2_entropy", None)])
+@pytest.mark.parametrize("ablation, weight", [("advent_entropy", None), ("dada", "depth"), ("dada_simple", "depth"),
+                                              ("m1", None), ("m2", "density"), ("m2_entropy", None)])
 def test_each_ablation_feeds_the_discriminator_its_input(ablation, weight, data, runs, monkeypatch):
     """F̂ = entropy(softmax(upsampled logits)) × (1 | upsampled inverse depth | upsampled density),
     computed here from the recorded head outputs with torch.nn.functional directly."""
@@ -481,7 +488,7 @@ def test_each_ablation_feeds_the_discriminator_its_input(ablation, weight, data,
     (size_s, out_s), (size_t, out_t) = outputs
     heads_s, heads_t, _ = stage1.ABLATIONS[ablation]
     assert set(out_s) == set(heads_s) and set(out_t) == set(heads_t)
-    assert ablation != "advent" or "depth" not in out_s  # ADVENT: no depth head at all
+    assert ablation != "advent_entropy" or "depth" not in out_s  # ADVENT's input: no depth head run
 
     def expected(out, size):
         p = F.softmax(F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=True), dim=1)
@@ -496,6 +503,67 @@ def test_each_ablation_feeds_the_discriminator_its_input(ablation, weight, data,
     torch.testing.assert_close(f_t, f_t_gen)
     if weight is None:  # entropy alone: every channel in [0, 1] and sums to the normalised entropy
         assert float(f_s.min()) >= 0 and float(f_s.sum(1).max()) <= 1 + 1e-5
+
+
+def _entropy(logits, size):
+    import torch.nn.functional as F
+
+    p = F.softmax(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), dim=1)
+    return -(p * torch.log2(p + 1e-30)) / math.log2(p.shape[1])
+
+
+def test_advent_feeds_each_of_its_two_discriminators_its_classifiers_entropy(data, runs, monkeypatch):
+    """ADVENT's multi-level training: D_main sees the entropy of the layer4 classifier, D_aux that of
+    the layer3 one, each on the generator pass and on detached source / target maps."""
+    cfg = config(train__ablation="advent", train__iterations=1)
+    levels: list[str] = []
+    outputs, disc_inputs = _record_step(cfg, data, runs, monkeypatch, levels)
+    (size_s, out_s), (size_t, out_t) = outputs
+    assert set(out_s) == set(out_t) == {"seg", "aux"}
+    assert levels == ["main", "aux", "main", "main", "aux", "aux"]
+    expected = [_entropy(out_t["seg"], size_t), _entropy(out_t["aux"], size_t), _entropy(out_s["seg"], size_s),
+                _entropy(out_t["seg"], size_t), _entropy(out_s["aux"], size_s), _entropy(out_t["aux"], size_t)]
+    for got, want in zip(disc_inputs, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(disc_inputs[0], disc_inputs[1])  # two classifiers, two inputs
+
+
+def test_published_baselines_train_on_the_light_backbone_with_their_values(data, runs):
+    import tomllib
+
+    for row, expected in (("advent", {"seg", "seg_aux", "adv", "adv_aux", "disc", "disc_aux"}),
+                          ("dada", {"seg", "depth", "adv", "disc"})):
+        out = runs / row
+        train(config(train__ablation=row, train__iterations=2, experiment__name=row), data, out)
+        log = read_log(out / row / "train" / LOG_FILE)
+        assert losses_of(log[-1]) - {"lr_heads"} == expected and all_finite(log[-1])
+        assert log[-1]["lr_heads"] == pytest.approx(10 * log[-1]["lr"])  # the classifiers at 10x, as published
+        written = tomllib.loads((out / row / "train" / "config.toml").read_text())["train"]
+        assert written["lambda_adv"] == 0.001 and written["lr_disc"] == 1e-4 and written["head_lr_mult"] == 10.0
+        state = load_checkpoint(out / row / "train" / CHECKPOINT_FINAL)
+        assert state["architecture"] == row and ("aux_head.conv2d_list.0.weight" in state["model"]) == (row == "advent")
+        assert ("fusion.weight" in state["model"]) == (row == "dada")
+        assert ("main.net.0.weight" in state["disc"]) == (row == "advent")
+
+
+def test_init_starts_a_run_from_a_checkpoints_weights_and_discriminator(m2_run, data, runs, monkeypatch):
+    source = load_checkpoint(train_dir(m2_run) / CHECKPOINT_FINAL)
+    seen = {}
+    real = stage1.Stage1Step.__init__
+
+    def init(self, cfg, parts, *args):
+        seen["model"] = {k: v.clone() for k, v in parts.model.state_dict().items()}
+        seen["disc"] = {k: v.clone() for k, v in parts.disc.state_dict().items()}
+        real(self, cfg, parts, *args)
+
+    monkeypatch.setattr(stage1.Stage1Step, "__init__", init)
+    stage1.run_train(config(train__iterations=1), DistEnv(), data, runs, progress=False, workers=0,
+                     init=train_dir(m2_run) / CHECKPOINT_FINAL)
+    assert all(torch.equal(seen["model"][k], v) for k, v in source["model"].items())
+    assert all(torch.equal(seen["disc"][k], v) for k, v in source["disc"].items())
+    with pytest.raises(UdasegError, match="holds the segdepth network"):
+        stage1.run_train(config(train__ablation="dada", experiment__name="d"), DistEnv(), data, runs, progress=False,
+                         workers=0, init=train_dir(m2_run) / CHECKPOINT_FINAL)
 
 
 def test_depth_health_is_absrel_in_metres():

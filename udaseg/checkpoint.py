@@ -3,9 +3,11 @@ a recipe. Every stage that loads a trained model (pseudolabel, eval, predict, ex
 `load_model`; training resumes through `load_checkpoint` + `check_compatible`.
 
 A checkpoint is a plain dict of tensors and strings, readable with `weights_only=True`:
-format, stage, iteration, protocol, num_classes, backbone, widths, model, optimizer, rng,
-config_toml, and — for adversarial runs — disc, optimizer_disc; the training loop adds its
-own bookkeeping (e.g. the best validation score so far) under `loop`.
+format, stage, iteration, protocol, num_classes, backbone, widths, architecture, model, optimizer,
+rng, config_toml, and — for adversarial runs — disc, optimizer_disc; the training loop adds its
+own bookkeeping (e.g. the best validation score so far) under `loop`. A model imported from a
+published release (`udaseg import-model`) has stage `imported`, no optimizer, and `imported_from`
+(the release format, file name and sha256).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from udaseg.errors import UdasegError, shorten
 from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, TrainDir
 from udaseg.model import channels_last, model_from_config
+from udaseg.model.deeplab import ABLATION_ARCHITECTURE, architecture_for
 
 CHECKPOINT_FORMAT = "udaseg.checkpoint.v1"
+# what wrote a checkpoint: train, self-train, or `udaseg import-model` (a published model)
+STAGES = ("stage1", "self_train", "imported")
 
 
 class CheckpointError(UdasegError):
@@ -37,6 +42,7 @@ def model_identity(config: Config) -> dict:
         "num_classes": get_protocol(config.experiment.protocol).num_classes,
         "backbone": config.model.backbone,
         "widths": [config.model.light_width, config.model.head_channels],
+        "architecture": architecture_for(config),
     }
 
 
@@ -67,8 +73,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def check_compatible(state: dict, config: Config, path: Path) -> None:
-    """A checkpoint of another protocol, class count, backbone or width cannot be continued or used."""
+def checkpoint_architecture(state: dict) -> str:
+    """The network a checkpoint holds (files from before the field hold the paper's)."""
+    return state.get("architecture") or "segdepth"
+
+
+def check_compatible(state: dict, config: Config, path: Path, same_architecture: bool = True) -> None:
+    """A checkpoint of another protocol, class count, backbone or width cannot be continued or used;
+    one of another network (ADVENT's, DADA's) cannot be trained on by this recipe's row
+    (`same_architecture`), though eval, predict, export and pseudolabel apply it as it is."""
     want = model_identity(config)
     if state.get("num_classes") != want["num_classes"] or state.get("backbone") != want["backbone"]:
         raise UdasegError(
@@ -84,6 +97,11 @@ def check_compatible(state: dict, config: Config, path: Path) -> None:
     if state.get("protocol") not in (None, want["protocol"]):
         raise UdasegError(f"{path}: trained for protocol {state['protocol']!r}, the recipe says "
                           f"{want['protocol']!r}; use the recipe it was trained with")
+    have = checkpoint_architecture(state)
+    if same_architecture and have != want["architecture"]:
+        row = next((a for a, arch in ABLATION_ARCHITECTURE.items() if arch == have), "m2")
+        raise UdasegError(f"{path}: holds the {have} network, the recipe's train.ablation = {config.train.ablation!r} "
+                          f"trains the {want['architecture']} one; add --set train.ablation={row}")
 
 
 def training_seed(state: dict) -> int | None:
@@ -100,11 +118,14 @@ def load_model(checkpoint: Path, config: Config, device: torch.device) -> tuple[
     """The checkpoint's network in eval mode on `device`, checked against the recipe; plus its
     identity (stage, iteration, protocol, backbone, num_classes, training seed) for reports."""
     state = load_checkpoint(checkpoint, map_location="cpu")
-    check_compatible(state, config, Path(checkpoint))
-    model = model_from_config(config.model, state["num_classes"])
+    check_compatible(state, config, Path(checkpoint), same_architecture=False)
+    model = model_from_config(config.model, state["num_classes"], architecture=checkpoint_architecture(state))
     model.load_state_dict(state["model"])
     model = channels_last(model.to(device), device)
     info = {k: state.get(k) for k in ("stage", "iteration", "protocol", "backbone", "num_classes")}
+    info["architecture"] = checkpoint_architecture(state)
+    if state.get("imported_from"):
+        info["imported_from"] = dict(state["imported_from"])
     info["kind"] = checkpoint_kind(checkpoint)
     info["seed"] = training_seed(state)
     if state.get("loop"):  # the target-val selection the loop recorded (train.eval_every)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import typer
 
 from udaseg.commands import check_data, compare, evaluate, fit_gmm, pseudolabel, self_train, synth, train
-from udaseg.commands import export, predict
+from udaseg.commands import export, import_model, predict
 
 app = typer.Typer(
     name="udaseg",
     help=(
         "Depth-aware unsupervised domain adaptation for semantic segmentation.\n\n"
         "Pipeline: synth | check-data -> fit-gmm -> train -> pseudolabel --refine -> self-train -> eval -> compare\n\n"
-        "Use the adapted model: predict (any images) | export (TorchScript / ONNX)"
+        "Use the adapted model: predict (any images) | export (TorchScript / ONNX)\n\n"
+        "Published models: import-model (the authors', ADVENT's, DADA's .pth) -> eval | predict | self-train"
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -29,6 +30,7 @@ app.command("eval")(evaluate.evaluate)
 app.command("compare")(compare.compare)
 app.command("predict")(predict.predict)
 app.command("export")(export.export)
+app.command("import-model")(import_model.import_model)
 
 if __name__ == "__main__":
     app()

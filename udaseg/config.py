@@ -89,7 +89,16 @@ class TrainConfig:
     # paper Table 1 baselines: advent = F̂ = entropy, no depth; dada = F̂ = entropy × predicted
     # inverse depth, the source depth supervising the depth head (DADA, Vu et al. 2019).
     # m2_entropy: M2's heads and density losses with F̂ = entropy (separates the losses from F̂)
-    ablation: Literal["source_only", "advent", "dada", "m1", "m2", "m2_entropy", "oracle"] = "m2"
+    # advent / dada are the published baselines as published: their own networks (ADVENT's
+    # multi-level classifier, DADA's depth-feature fusion) and training values (udaseg/baselines.py);
+    # advent_entropy / dada_simple are their discriminator inputs on the paper's network, the
+    # recipe's values
+    ablation: Literal["source_only", "advent", "dada", "advent_entropy", "dada_simple", "m1", "m2", "m2_entropy",
+                      "oracle"] = "m2"
+    # "published": `train` runs the advent / dada rows with their papers' λs and lrs
+    # (udaseg/baselines.py) in place of the recipe's, and writes those into its config.toml and
+    # checkpoints; "recipe": with the recipe's
+    baseline_values: Literal["published", "recipe"] = "published"
     iterations: int = 90_000  # steps run (the release's EARLY_STOP)
     lr_horizon: int = 0  # poly denominator (the release's MAX_ITERS); 0 = iterations
     batch_size_source: int = 1
@@ -107,6 +116,9 @@ class TrainConfig:
     lambda_bal: float = 0.01
     lambda_adv: float = 0.05
     lambda_tar: float = 0.05
+    # ADVENT's multi-level training (ablation advent): CE and adversarial weights of its layer3 classifier
+    lambda_seg_aux: float = 0.1
+    lambda_adv_aux: float = 0.0002
     class_weights: Literal["frequency", "none"] = "frequency"
     # the depth and density heads' output units. "raw" (the paper): they predict inverse depth
     # (~10-600) and the 0..255 density directly from an N(0, 0.01) init (outputs ~±0.004).
@@ -181,6 +193,11 @@ class SelfTrainConfig:
 class EvalConfig:
     batch_size: int = 1
     num_figure_samples: int = 4
+    # labels of a letterboxed target (data.target_fit): "input" = letterboxed like the image to the
+    # input size, nearest, and scored there (the authors' release); "native" = kept at their own
+    # resolution, padded at the right / bottom to the input's aspect, the logits upsampled to that
+    # (DADA's Mapillary test)
+    letterbox_labels: Literal["input", "native"] = "input"
 
 
 @dataclass(frozen=True)
@@ -347,6 +364,8 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.weight_decay", lambda v: v >= 0, "≥ 0"),
     ("train.power", lambda v: v >= 0, "≥ 0"),
     ("train.disc_width", lambda v: v > 0, "> 0"),
+    ("train.lambda_seg_aux", lambda v: v >= 0, "≥ 0"),
+    ("train.lambda_adv_aux", lambda v: v >= 0, "≥ 0"),
     ("train.aux_head_lr_mult", lambda v: v > 0, "> 0"),
     ("train.aux_head_decay_mult", lambda v: v >= 0, "≥ 0 (1 = train.weight_decay, 0 = no decay on the heads)"),
     ("train.disc_betas", lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
@@ -384,6 +403,9 @@ def validate(config: Config) -> None:
         if not ok(value):
             raise ConfigError(f"{dotted} = {value!r}: must be {what}")
     _check_schedules(config)
+    if config.eval.letterbox_labels == "native" and config.data.target_fit != "letterbox_top_left":
+        raise ConfigError(f'eval.letterbox_labels = "native" pads the labels at the right / bottom, which fits only '
+                          f'data.target_fit = "letterbox_top_left" (not {config.data.target_fit!r}); set one of them')
     protocol = config.experiment.protocol
     if config.protocol.classes or protocol not in PROTOCOLS:
         from udaseg.data.recipe_protocol import register_recipe_protocol

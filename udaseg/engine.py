@@ -34,7 +34,7 @@ from udaseg.errors import StageFinished, UdasegError
 from udaseg.gmm import DepthGMM
 from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
-from udaseg.model import channels_last, model_from_config
+from udaseg.model import architecture_for, channels_last, model_from_config
 from udaseg.progress import progress_bar
 
 
@@ -185,8 +185,9 @@ class TrainParts:
 
 
 def build_network(config: Config, num_classes: int, env: DistEnv, init_weights: Path | None = None) -> nn.Module:
-    """The recipe's SegDepthNet on the training device (channels-last on CUDA)."""
-    model = model_from_config(config.model, num_classes, init_weights).to(env.device)
+    """The recipe's network (its ablation row's: `architecture_for`) on the training device
+    (channels-last on CUDA)."""
+    model = model_from_config(config.model, num_classes, init_weights, architecture_for(config)).to(env.device)
     return channels_last(model, env.device)
 
 
@@ -206,7 +207,10 @@ def split_aux_heads(net: nn.Module, groups: list[dict], lr_mult: float, lr: floa
     (train.aux_head_lr_mult) and their own weight decay (train.aux_head_decay_mult): their losses
     are weighted by λ_dep / λ_bal ≈ 0.005-0.01, so at the segmentation's lr the heads' own weights
     barely move; the backbone still gets λ × the gradient."""
-    aux = [p for m in (net.depth_head, net.density_head) for p in m.parameters() if p.requires_grad]
+    heads = [getattr(net, name, None) for name in ("depth_head", "density_head")]  # ADVENT's net has neither
+    aux = [p for m in heads if m is not None for p in m.parameters() if p.requires_grad]
+    if not aux:
+        return groups
     ids = {id(p) for p in aux}
     kept = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
     return [g for g in kept if g["params"]] + [{"params": aux, "lr": lr * lr_mult, "lr_mult": lr_mult,

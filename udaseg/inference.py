@@ -108,9 +108,11 @@ class InferenceNet(nn.Module):
         from udaseg.model import input_normalization
 
         norm = input_normalization(backbone)
-        self.backbone = net.backbone
-        self.seg_head = net.seg_head
-        self.depth_head = net.depth_head if with_depth else None
+        if with_depth and "depth" not in net.heads:
+            from udaseg.errors import UdasegError
+
+            raise UdasegError(f"the checkpoint's {net.architecture} network has no depth head; export without --depth")
+        self.net = net  # its own forward: DADA's segmentation reads its depth code
         self.with_depth = with_depth
         self.register_buffer("order", torch.tensor(norm.channel_order, dtype=torch.long), persistent=False)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -119,10 +121,10 @@ class InferenceNet(nn.Module):
 
     def forward(self, image: torch.Tensor):
         x = (torch.index_select(image, 1, self.order) * self.scale - self.mean) / self.std
-        features = self.backbone(x)
+        out = self.net(x, heads=("seg", "depth") if self.with_depth else ("seg",))
         size = image.shape[-2:]
-        logits = F.interpolate(self.seg_head(features), size=size, mode="bilinear", align_corners=True)
-        if self.depth_head is None:
+        logits = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=True)
+        if not self.with_depth:
             return logits
-        inv = F.interpolate(self.depth_head(features), size=size, mode="bilinear", align_corners=True)
+        inv = F.interpolate(out.depth, size=size, mode="bilinear", align_corners=True)
         return logits, invdepth_to_metres_t(inv)

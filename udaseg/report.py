@@ -131,6 +131,9 @@ def checkpoint_line(ck: dict) -> str:
     sel = ck.get("selection") or {}
     if ck.get("kind") == "best" and sel.get("best_score") is not None:
         text += f", target-val mIoU {100 * sel['best_score']:.1f} when selected"
+    source = ck.get("imported_from") or {}
+    if source:  # a published model (`udaseg import-model`)
+        text += f", imported from the {source.get('format')} file `{source.get('file')}` (sha256 {source.get('sha256')})"
     return text
 
 

@@ -4,7 +4,8 @@ the training stages' periodic target-val evaluation (`train.eval_every`) share.
 Protocol (the paper's): the model sees images at the recipe's input size; its logits are
 upsampled bilinearly (align_corners=True) to the label's resolution — the native one for
 Cityscapes and SYNTHIA, the input size when the target is letterboxed (`data.target_fit`,
-padding ignored) — and one confusion matrix is summed over the whole split on the device.
+padding ignored; `eval.letterbox_labels = "native"`: the native one padded to the input's
+aspect, DADA's Mapillary test) — and one confusion matrix is summed over the whole split on the device.
 Depth (inverse depth 65536/(cm+1), predicted and ground truth) is converted to metres and
 scored per image, then averaged.
 """
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from udaseg.config import Config
+from udaseg.data.base import ASPECT
 from udaseg.data.build import ignore_sigint, source_dataset, source_root, target_dataset, target_root
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, MIN_DEPTH_M, invdepth_to_metres
 from udaseg.data.synthia import DEPTH_DIRS, find_subdir
@@ -58,8 +60,10 @@ def eval_data(config: Config, split: str, root: str | Path | None = None, source
     # model saw it (the release's Mapillary protocol); a stretched one at the labels' own resolution
     size = config.data.target_size
     boxed = config.data.target_fit != "stretch"
-    label_size = size if boxed else None
-    resolution = f"{config.data.target_fit} {size[0]}x{size[1]}" if boxed else "native"
+    native = boxed and config.eval.letterbox_labels == "native"  # DADA's Mapillary test: own resolution, padded
+    label_size = (ASPECT if native else size) if boxed else None
+    resolution = ("native, padded to the input's aspect" if native else f"{config.data.target_fit} {size[0]}x{size[1]}") \
+        if boxed else "native"
     if fmt == "cityscapes":
         base = target_root(config, root)
         has_depth = (base / "disparity" / split).is_dir() and (base / "camera" / split).is_dir()
@@ -143,6 +147,7 @@ def run_evaluation(model: nn.Module, loader: DataLoader, num_classes: int, backb
     depth metrics of that constant everywhere are scored beside the head's, so a reader sees at
     once whether the depth head learned anything."""
     model.eval()
+    depth = depth and "depth" in getattr(model, "heads", ("depth",))  # ADVENT's network has no depth head
     c = num_classes
     cm = torch.zeros(c * c, dtype=torch.int64, device=device)
     depth_sum = torch.zeros(len(DEPTH_METRICS), dtype=torch.float64, device=device)

@@ -115,6 +115,8 @@ def density_trained(stage: str | None, config: Config) -> bool:
     """Whether the checkpoint's density head was trained with its backbone: stage 1 of an ablation
     that has the density losses. Self-training moves the backbone but not the density head, and
     the other ablations never train it, so their density maps mean nothing."""
+    if stage == "imported":  # a released stage-1 model (the authors' M1 / M2-S5 ...): its recipe says
+        return getattr(config.train, "ablation", "m2") in DENSITY_ABLATIONS
     return stage == "stage1" and getattr(config.train, "ablation", "m2") in DENSITY_ABLATIONS
 
 
@@ -168,7 +170,9 @@ class Segmenter:
         self.transform = InputTransform(tuple(input_size or config.data.target_size),
                                         getattr(config.data, "target_fit", "stretch"))
         self.amp, self.batch_size, self.prior = amp, batch_size, prior
-        self.has_density = density_trained(info.get("stage"), config)
+        heads = tuple(getattr(model, "heads", ("seg", "depth", "density")))
+        self.has_depth = "depth" in heads  # ADVENT's network has none
+        self.has_density = "density" in heads and density_trained(info.get("stage"), config)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, *,
@@ -220,7 +224,8 @@ class Segmenter:
     def stream(self, prepared: Iterable[Prepared], *, depth: bool = True, density: bool = True,
                batch_size: int | None = None) -> Iterator[tuple[Prepared, Prediction]]:
         """Batched inference over already prepared images (`self.transform`), lazily, in order."""
-        heads = ("seg",) + (("depth",) if depth else ()) + (("density",) if density and self.has_density else ())
+        heads = ("seg",) + (("depth",) if depth and self.has_depth else ()) \
+            + (("density",) if density and self.has_density else ())
         for chunk in _chunks(prepared, batch_size or self.batch_size):
             with torch.inference_mode():  # per batch: a mode held across `yield` would leak into the caller
                 preds = self._predict_batch(chunk, heads)

@@ -108,7 +108,7 @@ class TensorBoardLogger:
                 out = net(x, heads=("seg", "depth"))
             hw = tuple(images.shape[-2:])
             pred = upsample(out.seg, hw).argmax(1).to(torch.uint8).cpu().numpy()
-            depth = upsample(out.depth, hw)[:, 0].cpu().numpy()
+            depth = None if out.depth is None else upsample(out.depth, hw)[:, 0].cpu().numpy()  # ADVENT's: none
         finally:
             for m, mode in modes:
                 m.training = mode
@@ -117,7 +117,9 @@ class TensorBoardLogger:
             parts = [s["image"].permute(1, 2, 0).numpy()]
             if "label" in s:
                 parts.append(colorize(s["label"].numpy(), protocol))
-            parts += [colorize(pred[j], protocol), colorize_depth(depth[j])]
+            parts.append(colorize(pred[j], protocol))
+            if depth is not None:
+                parts.append(colorize_depth(depth[j]))
             panels.append(np.concatenate(parts, axis=1))
         return panels
 

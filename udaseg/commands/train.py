@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -18,7 +19,12 @@ def train(
     data_root: DataRootOption = None,
     runs_root: RunsRootOption = None,
     continue_: Annotated[bool, typer.Option("--continue", help="Resume from train/checkpoint_latest.pt.")] = False,
-    ablation: Annotated[Optional[str], typer.Option(help="source_only | advent | dada | m1 | m2 | oracle (overrides train.ablation).")] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        "--init", help="Start from this checkpoint's weights and discriminator (e.g. an imported release), "
+                       "fresh optimizers, iteration 0.")] = None,
+    ablation: Annotated[Optional[str], typer.Option(
+        help="source_only | advent | dada | advent_entropy | dada_simple | m1 | m2 | m2_entropy | oracle "
+             "(overrides train.ablation).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Overrides train.iterations.")] = None,
     device: DeviceOption = None,
     workers: WorkersOption = None,
@@ -40,7 +46,7 @@ def train(
     from udaseg.pipeline.train import run_train
 
     with distributed(device) as env:
-        final = run_train(cfg, env, data_root, runs_root, resume=continue_, workers=workers)
+        final = run_train(cfg, env, data_root, runs_root, resume=continue_, workers=workers, init=init)
     if env.is_main:
         from udaseg.layout import TrainDir
 

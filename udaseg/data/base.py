@@ -22,10 +22,13 @@ from torch.utils.data import Dataset
 
 from udaseg.data.pngio import ImageFileError, read_png_raw, read_rgb
 from udaseg.data.protocols import IGNORE
-from udaseg.data.transforms import Size, letterbox_geometry, pad_to, resize_image, resize_nearest
+from udaseg.data.transforms import Size, letterbox_geometry, pad_to, pad_to_aspect, resize_image, resize_nearest
 from udaseg.errors import DataError
 
 SAME = "image"  # label_size default: labels and depth follow the image size
+# label_size for a letterboxed image: labels at their own resolution, padded to the input's aspect
+# (DADA's Mapillary evaluation, eval.letterbox_labels = "native")
+ASPECT = "aspect"
 # `fit` values that letterbox (aspect kept, padded: image 0, label 255, depth 0) -> their anchor;
 # "letterbox" is the older name of the centred one
 LETTERBOX_ANCHORS = {"letterbox": "center", "letterbox_center": "center", "letterbox_top_left": "top_left"}
@@ -63,7 +66,10 @@ class SegmentationDataset(Dataset):
         self.root = Path(root)
         self.lut = None if lut is None else np.asarray(lut, dtype=np.uint8)
         self.size = tuple(size) if size is not None else None
-        self.label_size = self.size if label_size == SAME else (tuple(label_size) if label_size else None)
+        if label_size == ASPECT and (fit != "letterbox_top_left" or self.size is None):
+            raise ValueError("labels padded to the input's aspect go with images letterboxed top-left to a size")
+        self.label_size = self.size if label_size == SAME else \
+            (ASPECT if label_size == ASPECT else (tuple(label_size) if label_size else None))
         self.load_image, self.load_label, self.load_depth = load_image, load_label, load_depth
         if fit not in LETTERBOX_ANCHORS and fit != "stretch":
             raise ValueError(f"unknown fit {fit!r}; expected stretch, {', '.join(LETTERBOX_ANCHORS)}")
@@ -110,7 +116,9 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{path}: label value {int(array.max())} is out of range 0..255; is this a label file of this dataset?")
         return torch.from_numpy(np.take(self.lut, array))
 
-    def _place(self, array: torch.Tensor, size: Size | None, nearest: bool, pad_value: float) -> torch.Tensor:
+    def _place(self, array: torch.Tensor, size: Size | str | None, nearest: bool, pad_value: float) -> torch.Tensor:
+        if size == ASPECT:
+            return pad_to_aspect(array, self.size, pad_value)
         resize = resize_nearest if nearest else resize_image
         if self.fit in LETTERBOX_ANCHORS and size is not None:
             inner, offset = letterbox_geometry((array.shape[-1], array.shape[-2]), size, LETTERBOX_ANCHORS[self.fit])

@@ -61,3 +61,16 @@ def pad_to(array: torch.Tensor, size: Size, offset: tuple[int, int], value: floa
     left, top = offset
     canvas[..., top:top + array.shape[-2], left:left + array.shape[-1]] = array
     return canvas
+
+
+def pad_to_aspect(array: torch.Tensor, size: Size, value: float) -> torch.Tensor:
+    """`array` ([..., h, w]) at its own resolution, padded at the right or bottom to the aspect of
+    `size` (width, height), the padded side rounded down: DADA's Mapillary labels (`pad_with_fixed_AS`),
+    which then match an image letterboxed top-left to `size`."""
+    h, w = array.shape[-2:]
+    ratio = size[0] / size[1]
+    if ratio * h > w:
+        return pad_to(array, (int(ratio * h), h), (0, 0), value)
+    if ratio * h < w:
+        return pad_to(array, (w, int(w / ratio)), (0, 0), value)
+    return array

@@ -68,7 +68,14 @@ class ScalarHead(nn.Module):
             self.out_scale.fill_(float(scale))
             self.conv3.bias.fill_(float(start) / float(scale))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-channel code before the channel mean (DADA's fusion reads it)."""
         x = self.relu(self.conv1(x))
         x = self.relu(self.conv2(x))
-        return self.conv3(x).mean(dim=1, keepdim=True) * self.out_scale
+        return self.conv3(x)
+
+    def readout(self, code: torch.Tensor) -> torch.Tensor:
+        return code.mean(dim=1, keepdim=True) * self.out_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.encode(x))

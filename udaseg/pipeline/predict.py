@@ -474,7 +474,7 @@ class PredictRecord:
             if not isinstance(old, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
-            raise UdasegError(f"{self.path}: not a readable predict record ({str(err)[:80]}); delete it (the PNGs stay) "
+            raise UdasegError(f"{self.path}: not a readable predict record ({shorten(str(err), 80)}); delete it (the PNGs stay) "
                               "or use another --out") from None
         if old.get("protocol") not in (None, protocol.name):
             raise UdasegError(f"{self.path}: this folder holds {old['protocol']} predictions, the checkpoint predicts "
@@ -580,6 +580,8 @@ def run_predict(config: Config, checkpoint: Path, inputs: list[str], out: Path, 
     segmenter = Segmenter.from_checkpoint(checkpoint, device, config=config, input_size=options.input_size,
                                           amp=options.amp, batch_size=options.batch_size,
                                           refine_gmm=gmm_for(config, checkpoint, gmm, runs) if options.refine else None)
+    if options.depth and not segmenter.has_depth:
+        raise UdasegError(f"{checkpoint}: its {segmenter.info.get('architecture', 'network')} has no depth head; drop --depth")
     result = PredictResult(out, skipped=len(plan.skipped), failed=list(plan.problems))
     ids = labelid_table(protocol) if options.labelids else None
     writer = OutputWriter(out, options, palette, ids)

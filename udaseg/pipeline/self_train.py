@@ -58,8 +58,10 @@ class SelfTrainStep:
             label_s = src["label"].to(dev, non_blocking=True).long()
             depth_s = src["depth"].to(dev, non_blocking=True)
             losses["seg_source"] = weighted_cross_entropy(upsample(out_s.seg, size), label_s, p.class_weights)
-            losses["depth"] = berhu(upsample(out_s.depth, size)[:, 0], depth_s, mask=depth_s > 0)
-            loss = loss + t.lambda_seg * losses["seg_source"] + t.lambda_dep * losses["depth"]
+            loss = loss + t.lambda_seg * losses["seg_source"]
+            if out_s.depth is not None:  # ADVENT's network has no depth head
+                losses["depth"] = berhu(upsample(out_s.depth, size)[:, 0], depth_s, mask=depth_s > 0)
+                loss = loss + t.lambda_dep * losses["depth"]
         loss.backward()
         p.optimizer.step()
         return {k: v.detach() for k, v in losses.items()}

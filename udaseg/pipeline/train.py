@@ -13,6 +13,12 @@ M2's heads and density losses but feeds the discriminator the entropy alone (so 
 losses' own effect can be told from F̂'s); `oracle` trains on the labelled target split instead
 of the source.
 
+The published baselines as published (paper Table 1, `udaseg/baselines.py`): `advent` trains
+ADVENT's network, its layer3 classifier with its own CE (λ_seg_aux) and a second discriminator on
+that classifier's entropy (λ_adv_aux); `dada` trains DADA's network (depth-feature fusion) with F̂ =
+entropy × predicted inverse depth; both with their papers' λs and lrs. `advent_entropy` and
+`dada_simple` feed those discriminator inputs to the paper's network with the recipe's values.
+
 F̂'s density factor reaches the generator live, as the release does, or detached
 (`train.adv_density_grad`; dada's depth factor stays live, as DADA); each step logs the heads' output statistics beside their
 targets' so a collapse is seen (udaseg/collapse.py).
@@ -37,7 +43,10 @@ from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
 from udaseg.layout import RunLayout, write_config
 from udaseg.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_input, bce_adv, berhu, weighted_cross_entropy
-from udaseg.model import Discriminator, autocast, channels_last, normalize, to_grid, upsample
+from udaseg.baselines import with_baseline_values
+from udaseg.checkpoint import check_compatible, load_checkpoint
+from udaseg.model import Discriminator, architecture_for, autocast, channels_last, normalize, to_grid, upsample
+from udaseg.model.advent import AdventDiscriminators
 from udaseg.model.health import check_trainable
 from udaseg.scoring import ValScorer
 from udaseg.tensorboard import tensorboard_observer
@@ -62,22 +71,26 @@ def init_weights_path(config: Config, root: str | Path | None) -> Path | None:
     return path
 
 
-def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout) -> TrainParts:
+def build_parts(config: Config, env: DistEnv, root: str | Path | None, layout: RunLayout,
+                imagenet: bool = True) -> TrainParts:
+    """Network, optimizers, discriminator, GMM and class weights of the recipe's row; `imagenet=False`
+    skips model.init_weights (a run started from a checkpoint overwrites every weight)."""
     t = config.train
     num_classes = get_protocol(config.experiment.protocol).num_classes
     needs_gmm = t.ablation in DENSITY_ABLATIONS or t.class_weights == "frequency" or t.head_targets == "normalized" \
         or t.adv_depth == "unit"
     gmm = load_gmm_for(config, layout, required=needs_gmm)
-    model = build_network(config, num_classes, env, init_weights_path(config, root))
+    model = build_network(config, num_classes, env, init_weights_path(config, root) if imagenet else None)
     if t.head_targets == "normalized":
         scale_heads(model, gmm, layout)
     check_trainable(model, config, env.device)
     optimizer = build_sgd(model, t)
     disc = optimizer_disc = None
     if t.ablation in ADVERSARIAL:
-        disc = Discriminator(num_classes, ndf=t.disc_width).to(env.device)
+        two = architecture_for(config) == "advent"  # ADVENT: one discriminator per classifier
+        disc = (AdventDiscriminators if two else Discriminator)(num_classes, ndf=t.disc_width).to(env.device)
         optimizer_disc = torch.optim.Adam(disc.parameters(), lr=t.lr_disc, betas=t.disc_betas)
-        disc = wrap_ddp(disc, env)
+        disc = wrap_ddp(disc, env, find_unused=two)
     # ablations leave the depth / density heads unused: DDP must not wait for their grads
     model = wrap_ddp(model, env, find_unused=t.ablation not in DENSITY_ABLATIONS)  # only these use every head
     weights = None
@@ -96,8 +109,10 @@ def scale_heads(model, gmm: DepthGMM, layout: RunLayout) -> None:
         raise UdasegError(f"{layout.gmm_file}: has no source median inverse depth (written by an older fit-gmm); "
                           "re-run `udaseg fit-gmm`, or set train.head_targets=\"raw\"")
     net = unwrap(model)
-    net.depth_head.set_output_scale(median, start=median)
-    net.density_head.set_output_scale(gmm.squash_max, start=0.0)
+    if getattr(net, "depth_head", None) is not None:
+        net.depth_head.set_output_scale(median, start=median)
+    if getattr(net, "density_head", None) is not None:
+        net.density_head.set_output_scale(gmm.squash_max, start=0.0)
 
 
 class Stage1Step:
@@ -111,8 +126,8 @@ class Stage1Step:
         self.heads, self.target_heads, self.adv_weight = ABLATIONS[self.t.ablation]
         net = unwrap(parts.model)
         # the berHu losses in the heads' own units (÷ 1 for the paper's raw heads): see train.head_targets
-        self.depth_unit = float(net.depth_head.out_scale)
-        self.density_unit = float(net.density_head.out_scale)
+        self.depth_unit = float(net.depth_head.out_scale) if hasattr(net, "depth_head") else 1.0
+        self.density_unit = float(net.density_head.out_scale) if hasattr(net, "density_head") else 1.0
         self.adv_unit = adversarial_unit(self.t, self.adv_weight, parts.gmm)
 
     def _inputs(self, batch: dict) -> torch.Tensor:
@@ -134,6 +149,9 @@ class Stage1Step:
             out_s = p.model(x_s, heads=self.heads)
         losses["seg"] = weighted_cross_entropy(upsample(out_s.seg, size_s), label_s, p.class_weights)
         loss_s = t.lambda_seg * losses["seg"]
+        if "aux" in self.heads:  # ADVENT's layer3 classifier
+            losses["seg_aux"] = weighted_cross_entropy(upsample(out_s.aux, size_s), label_s, p.class_weights)
+            loss_s = loss_s + t.lambda_seg_aux * losses["seg_aux"]
         health: dict[str, torch.Tensor] = {}
         if "depth" in self.heads:
             depth_s = src["depth"].to(dev, non_blocking=True)
@@ -180,7 +198,12 @@ class Stage1Step:
             disc = unwrap(p.disc)
             disc.requires_grad_(False)
             losses["adv"] = bce_adv(disc(f_t), SOURCE_LABEL)
-            (loss_t + t.lambda_adv * losses["adv"]).backward()
+            loss_t = loss_t + t.lambda_adv * losses["adv"]
+            if "aux" in self.target_heads:  # ADVENT: the layer3 classifier's entropy, its own discriminator
+                f_t_aux = adversarial_input(out_t.aux.float(), torch.ones_like(weight_t), size_t)
+                losses["adv_aux"] = bce_adv(disc(f_t_aux, "aux"), SOURCE_LABEL)
+                loss_t = loss_t + t.lambda_adv_aux * losses["adv_aux"]
+            loss_t.backward()
             disc.requires_grad_(True)
 
             # ---- discriminator on detached maps
@@ -192,21 +215,32 @@ class Stage1Step:
             loss_d_t = bce_adv(p.disc(f_t.detach()), TARGET_LABEL) / 2
             loss_d_t.backward()
             losses["disc"] = loss_d_s.detach() + loss_d_t.detach()
+            if "aux" in self.target_heads:
+                f_s_aux = adversarial_input(out_s.aux.detach().float(), torch.ones_like(weight_s), size_s)
+                loss_a_s = bce_adv(p.disc(f_s_aux, "aux"), SOURCE_LABEL) / 2
+                loss_a_s.backward()
+                loss_a_t = bce_adv(p.disc(f_t_aux.detach(), "aux"), TARGET_LABEL) / 2
+                loss_a_t.backward()
+                losses["disc_aux"] = loss_a_s.detach() + loss_a_t.detach()
             p.optimizer_disc.step()
         p.optimizer.step()
         return {**{k: v.detach() for k, v in losses.items()}, **health}
 
 
 # ablation -> (heads on the source, heads on the target, what multiplies the entropy map in F̂).
-# advent: ADVENT (entropy alone, no depth); dada: DADA's depth-aware input (entropy × predicted
-# inverse depth, the source depth supervising it as privileged information); m1: seg + depth,
+# advent: ADVENT's network and multi-level training (entropy alone, no depth; `aux` = its layer3
+# classifier, with its own CE and discriminator); dada: DADA's network, its depth-aware input
+# (entropy × predicted inverse depth, the source depth supervising it as privileged information);
+# advent_entropy / dada_simple: those inputs on the paper's network; m1: seg + depth,
 # entropy alone; m2: the paper's full train (entropy × predicted density). Heads whose output
 # reaches no loss are not run: under DDP the reducer would wait for their gradients.
 ABLATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
     "source_only": (("seg",), (), None),
     "oracle": (("seg",), (), None),
-    "advent": (("seg",), ("seg",), None),
+    "advent": (("seg", "aux"), ("seg", "aux"), None),
     "dada": (("seg", "depth"), ("seg", "depth"), "depth"),
+    "advent_entropy": (("seg",), ("seg",), None),
+    "dada_simple": (("seg", "depth"), ("seg", "depth"), "depth"),
     "m1": (("seg", "depth"), ("seg",), None),
     "m2": (("seg", "depth", "density"), ("seg", "depth", "density"), "density"),
     "m2_entropy": (("seg", "depth", "density"), ("seg", "depth", "density"), None),
@@ -256,15 +290,37 @@ def depth_health(pred_invdepth: torch.Tensor, gt_invdepth: torch.Tensor) -> dict
     return {f"{HEALTH_PREFIX}depth_absrel": ((pred_m - gt_m).abs() / gt_m)[valid].mean()}
 
 
+def start_from(parts: TrainParts, config: Config, init: Path, device: torch.device) -> None:
+    """`train --init`: the weights (and the discriminator, when the file has one and the row is
+    adversarial) of a checkpoint — e.g. an imported release — with fresh optimizers, at iteration 0."""
+    state = load_checkpoint(init, map_location=device)
+    check_compatible(state, config, Path(init))
+    unwrap(parts.model).load_state_dict(state["model"])
+    if parts.disc is not None and state.get("disc"):
+        try:
+            unwrap(parts.disc).load_state_dict(state["disc"])
+        except RuntimeError:
+            raise UdasegError(f"{init}: its discriminator does not fit train.ablation = {config.train.ablation!r} / "
+                              f"train.disc_width = {config.train.disc_width}; use the row and width it was trained with") from None
+
+
 def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
-              resume: bool = False, progress: bool = True, workers: int | None = None) -> Path:
-    """Run train (the paper's stage 1) as the recipe says; returns the path of `train/checkpoint_final.pt`."""
+              resume: bool = False, progress: bool = True, workers: int | None = None,
+              init: Path | None = None) -> Path:
+    """Run train (the paper's stage 1) as the recipe says — an advent / dada row with its paper's
+    values (`with_baseline_values`) — optionally starting from the checkpoint `init`; returns the
+    path of `train/checkpoint_final.pt`."""
+    if init is not None and resume:
+        raise UdasegError("--init starts a new run from a checkpoint, --continue resumes this run's own: pass one of them")
+    config = with_baseline_values(config)
     layout = RunLayout.for_config(config, runs)
     folder = layout.train
     t = config.train
     torch.manual_seed(config.experiment.seed)
-    parts = build_parts(config, env, root, layout)
+    parts = build_parts(config, env, root, layout, imagenet=init is None)
     state = resume_or_refuse(folder, config, parts, env, resume, total=t.iterations)
+    if init is not None:
+        start_from(parts, config, Path(init), env.device)
     start = int(state["iteration"]) if state else 0
 
     workers = config.data.num_workers if workers is None else workers
