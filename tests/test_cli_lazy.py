@@ -30,7 +30,8 @@ for args in json.loads(sys.argv[1]):
 print(json.dumps({"codes": codes, "torch": "torch" in sys.modules, "torchvision": "torchvision" in sys.modules}))
 """
 
-STAGES = ["synth", "check-data", "fit-gmm", "train", "pseudolabel", "self-train", "eval", "compare", "predict", "export"]
+STAGES = ["synth", "check-data", "fit-gmm", "train", "pseudolabel", "self-train", "eval", "compare", "predict", "export",
+          "import-model"]
 
 
 def run_cli(invocations: list[list[str]], cwd: Path, env: dict | None = None) -> tuple[dict, str]:
@@ -61,9 +62,11 @@ def test_shell_completion_imports_no_torch(tmp_path):
 def test_refusals_from_arguments_and_recipe_import_no_torch(tmp_path):
     (tmp_path / "broken.toml").write_text("[train\niterations = 3\n")
     (tmp_path / "typo.toml").write_text("[train]\niteratons = 3\n")
+    (tmp_path / "release.pth").write_bytes(b"not read: the recipe is refused first")
     missing = [[stage, "--config", "nope.toml"] for stage in
                ("check-data", "fit-gmm", "train", "pseudolabel", "self-train", "eval", "export")]
     missing.append(["predict", "--config", "nope.toml", "img.png", "--out", "preds"])
+    missing.append(["import-model", "release.pth", "--from", "advent", "--out", "m.pt", "--config", "nope.toml"])
     other = [
         ["train", "--config", "broken.toml"],                            # not TOML
         ["fit-gmm", "--config", "typo.toml"],                            # unknown key in the file
