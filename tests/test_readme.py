@@ -8,8 +8,9 @@ as the user's own (`photos/`, `drives/**/*.jpg`, `frame.png`, `photo.jpg`, `stre
 the synthetic target images; nothing in a block's text is changed. `udaseg` is this tree's CLI on PATH.
 
 A block preceded by `<!-- readme-test: skip (why) -->` is not run; SKIPPED below lists them, so a new
-skip must be argued here. They need the real datasets, a GPU, or run the whole suite; the own-data
-script and stages run in tests/test_own_data.py and the GPU check in tests/test_gpu_check.py.
+skip must be argued here. They need the real datasets, a GPU, the authors' released model files, or
+run the whole suite; the own-data script and stages run in tests/test_own_data.py and the GPU check in
+tests/test_gpu_check.py.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ SKIPPED = {  # first line of each skipped block
     "make demo-data                                 # data/demo: SYNTHIA-format source, Cityscapes-format target",
     "make test                                  # the whole suite, CPU only",
     "make gpu-check PYTHON_GPU=python3          # or: python3 bench/gpu_check.py [--only ITEM ...]",
+    # the authors' released models: their files are not in the repository (tests/test_release.py imports
+    # files of the same layout made by the test)
+    "udaseg import-model FILE.pth --from depth_distribution|dada|advent --config RECIPE --out OUT.pt [--discriminator D.pth]",
+    'udaseg import-model "pretrained_models/Syn_City_16cls(M4).pth" --from depth_distribution --config '
+    "stages/synthia2cityscapes16.toml --out released/Syn_City_16cls_M4.pt",
+    "udaseg import-model pretrained_models/M2-S5.pth --from depth_distribution --config stages/synthia2cityscapes16.toml "
+    "--out released/M2-S5.pt",
+    "udaseg train --config stages/synthia2cityscapes16.toml --init released/M2-S5.pt",
 }
 
 
