@@ -784,7 +784,7 @@ def item_eval_pseudolabel(ctx: Ctx) -> dict:
     import udaseg.pipeline.pseudolabel as pl_stage
     from udaseg.checkpoint import checkpoint_dict, load_model, save_checkpoint
     from udaseg.config import load_config
-    from udaseg.data.protocols import get_protocol
+    from udaseg.data.recipe_protocol import protocol_of
     from udaseg.engine import DistEnv
     from udaseg.gmm import write_gmm
     from udaseg.layout import RunLayout
@@ -803,7 +803,7 @@ def item_eval_pseudolabel(ctx: Ctx) -> dict:
     cfg = load_config(None, {"experiment.name": "gpucheck", "data.target_root": "city", "data.target_size": list(inp),
                              "model.backbone": backbone, "model.init_weights": "", "data.num_workers": workers,
                              "pseudolabel.refine_size": list(label), **extra})
-    protocol = get_protocol(cfg.experiment.protocol)
+    protocol = protocol_of(cfg)
     torch.manual_seed(0)
     ckpt = ctx.work / ctx.item / "checkpoint.pt"
     save_checkpoint(ckpt, checkpoint_dict(cfg, "stage1", 0, model_from_config(cfg.model, protocol.num_classes)))

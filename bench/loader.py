@@ -20,7 +20,8 @@ from udaseg.data.build import make_loader
 from udaseg.data.pngio import read_png_raw, read_rgb
 from udaseg.data.protocols import PROTOCOLS
 from udaseg.data.synthia import SynthiaDataset
-from udaseg.synth import SynthConfig, generate
+from udaseg.synth import SynthConfig
+from udaseg.synth.generate import generate
 
 
 def raw_decode(dataset: SynthiaDataset) -> float:

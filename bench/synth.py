@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from udaseg.synth import SynthConfig, generate
-from udaseg.synth.generate import write_item
+from udaseg.synth import SynthConfig
+from udaseg.synth.generate import generate, write_item
 
 
 def cpu_seconds() -> float:

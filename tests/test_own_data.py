@@ -27,7 +27,8 @@ from udaseg.data.pngio import read_png_raw, write_png
 from udaseg.data.protocols import IGNORE, get_protocol
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.synthia import SynthiaDataset
-from udaseg.synth import SynthConfig, generate
+from udaseg.synth import SynthConfig
+from udaseg.synth.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "stages" / "own5.toml"

@@ -26,7 +26,8 @@ from udaseg.pipeline.fit_gmm import run_fit_gmm
 from udaseg.pipeline.pseudolabel import run_pseudolabel
 from udaseg.pipeline.train import run_train
 from udaseg.pipeline.self_train import run_self_train
-from udaseg.synth import SynthConfig, generate
+from udaseg.synth import SynthConfig
+from udaseg.synth.generate import generate
 
 SIZE = (64, 40)
 CPU = DistEnv()

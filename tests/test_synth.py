@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from udaseg.data.pngio import read_png_raw
 from udaseg.data.protocols import PROTOCOLS
 from udaseg.errors import UdasegError
-from udaseg.synth import CameraConfig, ObjectRates, StyleConfig, SynthConfig, generate, render_item
-from udaseg.synth.generate import item_paths
+from udaseg.synth import CameraConfig, ObjectRates, StyleConfig, SynthConfig
+from udaseg.synth.generate import generate, item_paths, render_item
 
 SYNTHIA_IDS = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16, 17, 19, 21, 22}
 CITYSCAPES_IDS = {0, 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 28, 32, 33}

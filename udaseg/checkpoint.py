@@ -12,8 +12,6 @@ published release (`udaseg import-model`) has stage `imported`, no optimizer, an
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -22,7 +20,8 @@ from torch import nn
 
 from udaseg.config import Config, to_toml
 from udaseg.data.recipe_protocol import protocol_of
-from udaseg.errors import UdasegError
+from udaseg.errors import UdasegError, shorten
+from udaseg.io import atomic_path
 from udaseg.layout import TrainDir, checkpoint_kind, stage_tag
 from udaseg.model import channels_last, model_from_config
 from udaseg.model.deeplab import ABLATION_ARCHITECTURE, architecture_for
@@ -53,16 +52,8 @@ def checkpoint_dict(config: Config, stage: str, iteration: int, model: nn.Module
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -73,7 +64,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickled objects, random bytes...
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        first = shorten(str(err)) or type(err).__name__
         raise CheckpointError(f"{path}: not a readable udaseg checkpoint ({first}); delete it and use an earlier one or re-run") from None
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise CheckpointError(f"{path}: not a udaseg checkpoint (no model weights / iteration in it)")

@@ -16,7 +16,7 @@ app = typer.Typer(
         "Published models: import-model (the authors', ADVENT's, DADA's .pth) -> eval | predict | self-train"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,10 @@ from udaseg.collapse import COLLAPSE_PREFIX, HEALTH_PREFIX, STAT_SUFFIXES, Colla
 from udaseg.checkpoint import check_compatible, checkpoint_dict, load_checkpoint, save_checkpoint
 from udaseg.config import Config, SelfTrainConfig, TrainConfig
 from udaseg.data.build import make_loader
-from udaseg.errors import UdasegError
+from udaseg.device import resolve_device
+from udaseg.errors import StageFinished, UdasegError
 from udaseg.gmm import DepthGMM
+from udaseg.io import atomic_path
 from udaseg.layout import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TrainDir
 from udaseg.model import architecture_for, channels_last, model_from_config
 from udaseg.progress import progress_bar
@@ -67,9 +68,7 @@ def setup_distributed(device: str | None = None) -> DistEnv:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
@@ -252,14 +251,21 @@ def restore(parts: TrainParts, state: dict) -> None:
     set_rng_state(state["rng"])
 
 
-def resume_or_refuse(folder: TrainDir, config: Config, parts: TrainParts, env: DistEnv, resume: bool) -> dict | None:
+def resume_or_refuse(folder: TrainDir, config: Config, parts: TrainParts, env: DistEnv, resume: bool,
+                     total: int | None = None) -> dict | None:
     """--continue: load `checkpoint_latest.pt` into `parts` and return it. A fresh run never
-    overwrites another run's checkpoints: it is refused, naming the folder."""
+    overwrites another run's checkpoints: it is refused, naming the folder. A run whose final
+    checkpoint has reached `total` iterations is finished: StageFinished, before anything is written."""
     if not resume:
         if folder.has_checkpoints():
             raise UdasegError(f"{folder.path}: already holds checkpoints; pass --continue to resume, "
                               "or remove the folder to start over")
         return None
+    if total is not None and folder.final.is_file():
+        done = int(load_checkpoint(folder.final)["iteration"])
+        if done >= total:
+            raise StageFinished(f"{folder.path}: already finished ({done} of {total} iterations); nothing to "
+                                "continue and nothing changed (raise the iterations to train further)")
     if not folder.latest.is_file():
         raise UdasegError(f"{folder.latest}: nothing to continue; run without --continue to start")
     state = load_checkpoint(folder.latest, map_location=env.device)
@@ -539,8 +545,6 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
     if not records:
         return
     fig = progress_figure(records)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, out_path)

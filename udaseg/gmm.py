@@ -20,8 +20,6 @@ File schema: see the README section "gmm.h5" (the constants below are its single
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +28,8 @@ import numpy as np
 import torch
 
 from udaseg.data.depth import INVDEPTH_SCALE
-from udaseg.errors import UdasegError
+from udaseg.errors import UdasegError, shorten
+from udaseg.io import atomic_path
 from udaseg.grid import output_grid
 
 SCHEMA_NAME = "udaseg.gmm"
@@ -321,12 +320,8 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
     """Write `gmm.h5` atomically (temporary file in the same folder, then os.replace)."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     freq, weights, _ = class_weights(model.pixel_counts)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
             a["schema"] = SCHEMA_NAME
@@ -367,10 +362,6 @@ def write_gmm(path: str | Path, model: DepthGMM) -> None:
                 grp.create_dataset("means", data=np.asarray(g.means, dtype=np.float64))
                 grp.create_dataset("variances", data=g.variances)
                 grp.create_dataset("covariances", data=np.asarray(g.covariances, dtype=np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _str(value: object) -> str:
@@ -394,7 +385,7 @@ def load_gmm(path: str | Path, protocol: str | None = None, input_size: tuple[in
     except UdasegError:
         raise
     except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = shorten(str(err)) or type(err).__name__
         raise UdasegError(f"{path}: cannot read the GMM file (truncated or corrupt: {reason}); {_FIX}") from None
     if protocol is not None and model.protocol != protocol:
         raise UdasegError(

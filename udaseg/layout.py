@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from udaseg.config import Config, runs_root, to_toml
-from udaseg.data.pngio import atomic_write_bytes
+from udaseg.io import atomic_write_bytes
 
 GMM_FILE = "gmm.h5"
 GMM_PLOTS = "plots"
@@ -37,6 +37,7 @@ TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files of train / self-train
 PSEUDO_LABELS = "labels"
 PSEUDO_COLOR = "color"
 STATS_FILE = "stats.json"
+PSEUDO_COUNTS = "counts.jsonl"  # per-batch pixel counts behind stats.json, so --continue covers every label
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 CONFUSION_PLOT = "confusion.png"
@@ -168,6 +169,10 @@ class RunLayout:
     @property
     def pseudo_stats(self) -> Path:
         return self.pseudo_dir / STATS_FILE
+
+    @property
+    def pseudo_counts(self) -> Path:
+        return self.pseudo_dir / PSEUDO_COUNTS
 
     @property
     def eval_dir(self) -> Path:

@@ -20,7 +20,6 @@ writes nothing.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from udaseg.checkpoint import checkpoint_dict, save_checkpoint
 from udaseg.config import Config
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
+from udaseg.io import sha256_file
 from udaseg.layout import STAGE_IMPORTED
 from udaseg.model import Discriminator, model_from_config
 from udaseg.model.advent import AdventDiscriminators
@@ -79,14 +79,6 @@ class ImportResult:
     dropped: list[str] = field(default_factory=list)  # leftover modules of the file
     fresh: list[str] = field(default_factory=list)  # udaseg modules the file did not have
     discriminator: list[str] = field(default_factory=list)  # which discriminators came from files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_release_state(path: Path, what: str) -> dict[str, torch.Tensor]:

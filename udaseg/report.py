@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.pngio import atomic_write_bytes
+from udaseg.io import atomic_write_bytes
 from udaseg.data.protocols import Protocol
 from udaseg.layout import CONFIG_FILE, CONFUSION_PLOT, REPORT_FILE, SAMPLES_PLOT, SUMMARY_FILE
 from udaseg.metrics import DEPTH_METRICS

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from udaseg.config import Config
 from udaseg.data.base import ASPECT
-from udaseg.data.build import source_dataset, source_root, target_dataset, target_root
+from udaseg.data.build import ignore_sigint, source_dataset, source_root, target_dataset, target_root
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, MIN_DEPTH_M, invdepth_to_metres
 from udaseg.data.formats import source_format, target_format
 from udaseg.errors import UdasegError
@@ -89,7 +89,7 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
                       prefetch_factor=4 if workers > 0 else None, collate_fn=collate,
-                      generator=torch.Generator())
+                      generator=torch.Generator(), worker_init_fn=ignore_sigint if workers > 0 else None)
 
 
 # ------------------------------------------------------------------------ the loop

@@ -32,9 +32,9 @@ def check_data(
     corrupt), mis-sized or wrongly encoded file, in file order. The exit code is 1 if any
     problem is found.
     """
+    cfg = resolve_config(config, set_)
     from udaseg.data.check import check_datasets
 
-    cfg = resolve_config(config, set_)
     reports = check_datasets(cfg, data_root, sample=sample, all_files=all_files, workers=workers,
                              progress=all_files)
     table = Table(title=f"datasets of {cfg.experiment.name} ({cfg.experiment.protocol})")
@@ -53,4 +53,4 @@ def check_data(
             fail(f"{len(problems)} problem(s) found with every file opened ({checked} of {count} samples readable); "
                  "fix the files listed above and run `udaseg check-data --all` again")
         fail(f"{len(problems)} problem(s) found in the datasets above; fix them and run `udaseg check-data` again")
-    next_step(f"udaseg fit-gmm{recipe_hint(config)}")
+    next_step(f"udaseg fit-gmm{recipe_hint(config, set_, data_root)}")

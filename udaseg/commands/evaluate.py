@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, next_step, resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, OUT_FIX, RUNS_FIX, RunsRootOption,
+                                    SetOption, WorkersOption, console, next_step, require_writable, resolve_config,
+                                    user_errors)
 
 
 @user_errors
@@ -36,11 +37,11 @@ def evaluate(
     samples.png and config.toml. `udaseg compare A/summary.json B/summary.json ...` puts several runs in
     one table.
     """
+    cfg = resolve_config(config, set_)
     from udaseg.layout import SUMMARY_FILE, RunLayout
     from udaseg.pipeline.evaluate import evaluate_checkpoint, resolve_checkpoint
     from udaseg.report import checkpoint_line, console_table
 
-    cfg = resolve_config(config, set_)
     layout = RunLayout.for_config(cfg, runs_root)
     chosen = resolve_checkpoint(layout, checkpoint, cfg.train.select)
     if chosen.note:
@@ -48,6 +49,12 @@ def evaluate(
     ckpt = chosen.path
     if out is None:
         out, name = layout.eval_dir_for(ckpt, name)
+        require_writable(out, RUNS_FIX)
+    else:
+        require_writable(out, OUT_FIX)
+    from udaseg.device import resolve_device
+
+    resolve_device(device)  # an absent --device is refused before anything is printed or loaded
     console.print(f"evaluating {ckpt} -> {out}", highlight=False)
     run = evaluate_checkpoint(cfg, ckpt, out, split=split, root=data_root, source=source, device=device,
                               max_images=max_images, workers=workers, label=label, name=name)

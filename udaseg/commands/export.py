@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import ConfigOption, DataRootOption, RunsRootOption, SetOption, console, fail, user_errors
+from udaseg.commands.common import (ConfigOption, DataRootOption, OUT_FIX, RUNS_FIX, RunsRootOption, SetOption, console,
+                                    fail, require_writable, user_errors)
 from udaseg.commands.predict import checkpoint_and_recipe, parse_size
+from udaseg.layout import EXPORT_SUFFIXES
 
 
 def default_verify_image(cfg, data_root) -> Path | None:
@@ -45,20 +47,24 @@ def export(
     logits at the input's size. Export fails, writing nothing, unless the file reproduces PyTorch's outputs
     within --tolerance on a real image.
     """
-    from udaseg.layout import RunLayout
-    from udaseg.pipeline.export import FORMATS, run_export
-
-    if format not in FORMATS:
-        fail(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    if format not in EXPORT_SUFFIXES:  # the argument checks come before torch is imported, so they answer at once
+        fail(f"--format {format!r}: choose one of {', '.join(EXPORT_SUFFIXES)}")
+    size = parse_size(input_size, "--input-size")
     ckpt, cfg = checkpoint_and_recipe(checkpoint, config, set_, runs_root)
+    from udaseg.layout import RunLayout
+    from udaseg.pipeline.export import run_export
+
     if out is None:
         out = RunLayout.for_config(cfg, runs_root).export_file(format)
+        require_writable(out.parent, RUNS_FIX)
+    else:
+        require_writable(out.parent, OUT_FIX)
     image = verify_image or default_verify_image(cfg, data_root)
     if image is None:
         fail("no verification image: pass --verify-image PATH (a real photo, e.g. a Cityscapes frame), or "
              "--data-root so the recipe's target images are found")
     result = run_export(cfg, ckpt, format, out, image, with_depth=depth, tolerance=tolerance,
-                        input_size=parse_size(input_size, "--input-size"))
+                        input_size=size)
     for check in result.verification["checks"]:
         diffs = ", ".join(f"{k} {v['relative']:.1e}" for k, v in check.items() if isinstance(v, dict))
         console.print(f"verified {check['input']}: max |diff| / range: {diffs}; argmax agreement "

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, console, next_step, recipe_hint,
-                                    resolve_config, user_errors)
+from udaseg.commands.common import (ConfigOption, DataRootOption, RunsRootOption, SetOption, check_run_folder, console,
+                                    next_step, recipe_hint, resolve_config, user_errors)
 
 
 @user_errors
@@ -24,11 +24,10 @@ def fit_gmm(
     max_images: Annotated[Optional[int], typer.Option(help="Use only the first N source images (0 = all) [gmm.max_images].")] = None,
     no_fit: Annotated[bool, typer.Option("--no-fit", help="Only the streaming pass (I/O reference for benchmarks); writes nothing.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the per-class PNG plots.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a gmm.h5 that train or pseudolabel already used.")] = False,
 ) -> None:
     """Fit the per-class depth GMMs over (column, row, inverse depth) on the source set and write gmm.h5."""
     import warnings
-
-    from udaseg.pipeline.fit_gmm import run_fit_gmm
 
     overrides = list(set_ or [])
     for key, value in (("points_per_class", points_per_class), ("components", components),
@@ -38,9 +37,12 @@ def fit_gmm(
     if covariance is not None:
         overrides.append(f'gmm.covariance="{covariance}"')
     cfg = resolve_config(config, overrides)
+    check_run_folder(cfg, runs_root)
+    from udaseg.pipeline.fit_gmm import run_fit_gmm
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots)
+        report = run_fit_gmm(cfg, data_root, runs_root, fit=not no_fit, plots=not no_plots, overwrite=overwrite)
     for w in caught:
         if not issubclass(w.category, (DeprecationWarning, ResourceWarning)):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
@@ -77,7 +79,7 @@ def fit_gmm(
     console.print(f"fitting: {report.fit_seconds:.1f} s; wrote {report.gmm_file}"
                   + (f" and {len(report.plots)} plots in {report.plots[0].parent}" if report.plots else ""),
                   highlight=False, soft_wrap=True)
-    next_step(f"udaseg train{recipe_hint(config)}")
+    next_step(f"udaseg train{recipe_hint(config, set_, data_root, runs_root)}")
 
 
 def _pct(value: float) -> str:

@@ -31,9 +31,9 @@ def import_model(
     names the key and the fix, and nothing is written. The checkpoint (stage `imported`, the file's sha256
     kept) works with eval, predict, export, pseudolabel, self-train and train --init.
     """
+    cfg = resolve_config(config, set_)  # a bad recipe is refused before torch is imported
     from udaseg.release import import_release
 
-    cfg = resolve_config(config, set_)
     result = import_release(path, from_, cfg, out, discriminator, discriminator_aux)
     notes = []
     if result.dropped:

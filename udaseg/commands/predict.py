@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from udaseg.commands.common import (ConfigOption, DeviceOption, RunsRootOption, SetOption, console, fail,
-                                    user_errors)
+from udaseg.commands.common import (ConfigOption, DeviceOption, OUT_FIX, RunsRootOption, SetOption, console, fail,
+                                    require_writable, user_errors)
 
 
 def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
@@ -28,18 +28,19 @@ def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
 
 def checkpoint_and_recipe(checkpoint: Path | None, config: Path | None, overrides, runs_root):
     """(checkpoint, recipe): --checkpoint with --config or its embedded recipe; or the recipe's last checkpoint."""
-    from udaseg.inference import config_for_checkpoint
-
     if checkpoint is None:
         if config is None:
             fail("give --checkpoint PATH (a train or self_train checkpoint), or --config R to use that run's last checkpoint")
         from udaseg.commands.common import resolve_config
+
+        cfg = resolve_config(config, overrides)  # before the heavy imports: a bad recipe answers at once
         from udaseg.layout import RunLayout
         from udaseg.pipeline.evaluate import default_checkpoint
 
-        cfg = resolve_config(config, overrides)
         # the run's last stage, its checkpoint as the recipe selects it (train.select), as eval does
         return default_checkpoint(RunLayout.for_config(cfg, runs_root), getattr(cfg.train, "select", "final")), cfg
+    from udaseg.inference import config_for_checkpoint
+
     return checkpoint, config_for_checkpoint(checkpoint, config, overrides)
 
 
@@ -71,15 +72,17 @@ def predict(
     prediction resized back to the image's own resolution. Outputs that already exist are skipped
     unless --overwrite. An unreadable input is reported and skipped; the exit code is 1 if any failed.
     """
+    size = parse_size(input_size, "--input-size")
+    require_writable(out, OUT_FIX)
+    ckpt, cfg = checkpoint_and_recipe(checkpoint, config, set_, runs_root)
     from udaseg.pipeline.predict import PredictOptions, run_predict
 
-    ckpt, cfg = checkpoint_and_recipe(checkpoint, config, set_, runs_root)
     inf = cfg.inference  # the flags override the recipe's [inference] for this call
     options = PredictOptions(color=color, labelids=labelids, depth=depth, confidence=confidence, refine=refine,
                              overwrite=overwrite, video_out=video_out,
                              batch_size=inf.batch_size if batch_size is None else batch_size,
-                             input_size=parse_size(input_size, "--input-size"),
-                             amp=inf.amp if amp is None else amp, workers=inf.workers if workers is None else workers)
+                             input_size=size, amp=inf.amp if amp is None else amp,
+                             workers=inf.workers if workers is None else workers)
     result = run_predict(cfg, ckpt, inputs, out, options, device=device, gmm=gmm, runs=runs_root)
     line = f"predicted {result.written} image(s)"
     if result.videos:

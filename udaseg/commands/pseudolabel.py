@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, distributed, next_step, recipe_hint, resolve_config,
-                                    user_errors)
+                                    WorkersOption, check_run_folder, console, distributed, next_step, recipe_hint,
+                                    resolve_config, user_errors)
 
 
 @user_errors
@@ -30,11 +30,12 @@ def pseudolabel(
     Writes pseudo/labels/<id>.png (uint8, 255 = ignore) and pseudo/stats.json (kept / removed pixels per class,
     and the pseudo-label precision before and after refinement when the target split has labels).
     """
+    cfg = resolve_config(config, set_)
+    check_run_folder(cfg, runs_root)
     from udaseg.checkpoint import pick_checkpoint
     from udaseg.layout import RunLayout
     from udaseg.pipeline.pseudolabel import run_pseudolabel
 
-    cfg = resolve_config(config, set_)
     layout = RunLayout.for_config(cfg, runs_root)
     ckpt = checkpoint or pick_checkpoint(layout.train, cfg.train.select)
     do_refine = cfg.pseudolabel.refine if refine is None else refine
@@ -50,4 +51,4 @@ def pseudolabel(
             console.print(f"[yellow]warning:[/] below self_train.min_kept_fraction = {cfg.self_train.min_kept_fraction:g}: "
                           "self-train will refuse these labels (the model is confident almost nowhere); "
                           "train longer or lower pseudolabel.conf_threshold", highlight=False, soft_wrap=True)
-        next_step(f"udaseg self-train{recipe_hint(config)}")
+        next_step(f"udaseg self-train{recipe_hint(config, set_, data_root, runs_root)}")

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, distributed, next_step, recipe_hint, resolve_config,
-                                    user_errors)
+                                    WorkersOption, check_run_folder, console, distributed, next_step, recipe_hint,
+                                    resolve_config, user_errors)
 
 
 @user_errors
@@ -30,16 +30,17 @@ def self_train(
     Cross-entropy on pseudo/labels (255 ignored) from the train checkpoint's weights with a fresh SGD optimizer;
     self_train.keep_source_loss adds the source losses. Writes self_train/checkpoint_*.pt, log.jsonl, progress.png.
     """
-    from udaseg.pipeline.self_train import run_self_train
-
     overrides = list(set_ or [])
     if iterations is not None:
         overrides.append(f"self_train.iterations={iterations}")
     if min_kept is not None:
         overrides.append(f"self_train.min_kept_fraction={min_kept}")
     cfg = resolve_config(config, overrides)
+    check_run_folder(cfg, runs_root)
+    from udaseg.pipeline.self_train import run_self_train
+
     with distributed(device) as env:
         final = run_self_train(cfg, env, checkpoint, data_root, runs_root, resume=continue_, workers=workers)
     if env.is_main:
         console.print(f"self-train done: {final}")
-        next_step(f"udaseg eval{recipe_hint(config)}")
+        next_step(f"udaseg eval{recipe_hint(config, set_, data_root, runs_root)}")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from udaseg.commands.common import console, next_step, user_errors
+from udaseg.commands.common import console, next_step, require_writable, user_errors
 from udaseg.errors import UdasegError
 from udaseg.synth.config import STYLES, CameraConfig, ObjectRates, StyleConfig, SynthConfig
 
@@ -119,14 +119,19 @@ def synth(
     except ValueError as err:
         raise UdasegError(f"udaseg synth: {err}") from None
 
+    require_writable(out, "choose a writable OUT folder, or fix the folder's permissions")
     from udaseg.synth.generate import generate
 
     start = time.perf_counter()
     meta = generate(out, cfg, workers=workers, progress=progress, overwrite=overwrite)
     seconds = time.perf_counter() - start
     total = cfg.num_source + cfg.num_target_train + cfg.num_target_val
-    note = " (resumed)" if meta.get("resumed") else ""
-    console.print(f"wrote {meta['written']} of {total} images{note} to {out} in {seconds:.1f} s; "
-                  f"see {out / 'contact_sheet.png'}", highlight=False, soft_wrap=True)
+    if meta.get("resumed") and meta["written"] == 0:
+        console.print(f"{out} already holds all {total} images of these parameters; nothing written "
+                      "(--overwrite makes them again)", highlight=False, soft_wrap=True)
+    else:
+        note = " (resumed)" if meta.get("resumed") else ""
+        console.print(f"wrote {meta['written']} of {total} images{note} to {out} in {seconds:.1f} s; "
+                      f"see {out / 'contact_sheet.png'}", highlight=False, soft_wrap=True)
     next_step("udaseg check-data --config stages/demo.toml")
     next_step("udaseg fit-gmm --config stages/demo.toml")

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from udaseg.commands.common import (ConfigOption, DataRootOption, DeviceOption, RunsRootOption, SetOption,
-                                    WorkersOption, console, distributed, next_step, recipe_hint, resolve_config,
-                                    user_errors)
+                                    WorkersOption, check_run_folder, console, distributed, next_step, recipe_hint,
+                                    resolve_config, user_errors)
 
 
 @user_errors
@@ -36,14 +36,15 @@ def train(
     log.jsonl and progress.png. Ctrl-C saves a checkpoint first; --continue resumes exactly.
     Several GPUs: torchrun --nproc_per_node=N -m udaseg train --config ...
     """
-    from udaseg.pipeline.train import run_train
-
     overrides = list(set_ or [])
     if ablation is not None:
         overrides.append(f"train.ablation={ablation}")
     if iterations is not None:
         overrides.append(f"train.iterations={iterations}")
     cfg = resolve_config(config, overrides)
+    check_run_folder(cfg, runs_root)
+    from udaseg.pipeline.train import run_train
+
     with distributed(device) as env:
         final = run_train(cfg, env, data_root, runs_root, resume=continue_, workers=workers, init=init)
     if env.is_main:
@@ -52,4 +53,4 @@ def train(
         best = TrainDir(final.parent).best
         chosen = best if cfg.train.select == "best" and best.is_file() else final  # what the next stages start from
         console.print(f"train done: {final}" + (f"; best on the target val: {best}" if best.is_file() else ""))
-        next_step(f"udaseg pseudolabel{recipe_hint(config)} --checkpoint {chosen} --refine")
+        next_step(f"udaseg pseudolabel{recipe_hint(config, set_, data_root, runs_root)} --checkpoint {chosen} --refine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import torch
@@ -36,6 +37,13 @@ def target_dataset(config: Config, split: str, root: str | Path | None = None, l
                                         protocol_of(config), labels, **kwargs)
 
 
+def ignore_sigint(_worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn. Ctrl-C in a terminal signals the whole process group; the main
+    process saves a checkpoint and then shuts its workers down, so a worker must not die of the
+    same signal mid-batch (that ended in a multiprocessing FileNotFoundError traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,
                 drop_last: bool = False, generator: torch.Generator | None = None,
                 sampler=None) -> DataLoader:
@@ -51,4 +59,5 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         generator=generator,
+        worker_init_fn=ignore_sigint if workers > 0 else None,
     )

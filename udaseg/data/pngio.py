@@ -9,9 +9,7 @@ with numpy and zlib.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from udaseg.errors import DataError
+from udaseg.io import atomic_write_bytes
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they remain the fastest
 # way to read 16-bit PNGs without another dependency, so the notice is silenced here.
@@ -106,20 +105,6 @@ def encode_png(array: np.ndarray, compression: int = 3) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
             + _chunk(b"IDAT", zlib.compress(raw.tobytes(), compression)) + _chunk(b"IEND", b""))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: str | Path, array: np.ndarray, compression: int = 3) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.pngio import atomic_write_bytes
+from udaseg.io import atomic_write_bytes
 from udaseg.errors import UdasegError
 from udaseg.layout import checkpoint_kind, stage_tag
 from udaseg.report import TITLES, json_safe, md_row
@@ -162,6 +162,20 @@ def scored_kind(summary: dict) -> str:
     return checkpoint_kind(ckpt["path"]) if ckpt.get("path") else "other"
 
 
+def refuse_duplicate_seeds(summaries: Sequence[dict]) -> None:
+    """Two summaries of one setting with one known seed would be averaged as two seeds: refused."""
+    seen: dict[tuple[str, str], str] = {}
+    for s in summaries:
+        seed, label = seed_of(s), group_key(s)
+        if seed == "?":  # no seed recorded anywhere: nothing to compare
+            continue
+        if (label, seed) in seen:
+            raise UdasegError(f"compare: {seen[label, seed]} and {s.get('_path')} are both seed {seed} of '{label}'; "
+                              f"give each seed's run its own name (e.g. {label}_s{seed}) or its own --label, "
+                              "or pass one summary per seed")
+        seen[label, seed] = s.get("_path", "?")
+
+
 def results_dict(summaries: Sequence[dict]) -> dict:
     """Machine-readable: setting -> seed -> {miou, miou_star, iou, depth, depth_baseline, checkpoint},
     plus per setting the mean ± std of the same numbers (what RESULTS.md is written from)."""
@@ -204,6 +218,7 @@ def run_compare(paths: Sequence[Path], out: Path | None = None, json_out: Path |
     results as JSON; returns the comparison."""
     summaries = [load_summary(p) for p in paths]
     comparison = compare(summaries)
+    refuse_duplicate_seeds(summaries)  # in every mode, before writing anything
     results = results_dict(summaries) if json_out is not None else None  # may refuse: before writing anything
     if out is not None:
         atomic_write_bytes(out, comparison_markdown(comparison).encode())

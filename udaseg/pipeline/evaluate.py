@@ -9,7 +9,6 @@ few images kept for the qualitative figure.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +22,9 @@ from udaseg.config import Config, to_toml
 from udaseg.data.depth import MAX_DEPTH_M, MIN_DEPTH_M
 from udaseg.data.protocols import Protocol
 from udaseg.data.recipe_protocol import protocol_of
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
+from udaseg.io import sha256_file
 from udaseg.layout import LOG_FILE, RunLayout, checkpoint_kind
 from udaseg.metrics import iou_from_confusion, mean_iou, miou_star, pixel_accuracy
 # re-exported for callers of this module (bench/eval.py)
@@ -64,14 +65,6 @@ def resolve_checkpoint(layout: RunLayout, which: str | None, select: str = "fina
 def default_checkpoint(layout: RunLayout, select: str = "final") -> Path:
     """The run's last word: the last stage's `select` checkpoint (see `resolve_checkpoint`)."""
     return resolve_checkpoint(layout, None, select).path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_summary(config: Config, protocol: Protocol, data: EvalData, outcome: EvalOutcome, checkpoint: Path,
@@ -153,7 +146,7 @@ def evaluate_checkpoint(config: Config, checkpoint: Path, out_dir: Path, *, spli
     """Load, score, write summary.json, report.md, confusion.png, samples.png, config.toml."""
     from udaseg.report import write_artifacts
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     protocol = protocol_of(config)
     model, info = load_model(checkpoint, config, dev)
     data = eval_data(config, split or config.data.target_val_split, root, source)

@@ -19,10 +19,7 @@ of the pixels; otherwise the export fails loudly and nothing is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +30,12 @@ import torch
 from udaseg.checkpoint import load_model
 from udaseg.config import Config
 from udaseg.data.palette import palette_for
-from udaseg.data.pngio import atomic_write_bytes, read_rgb
+from udaseg.data.pngio import read_rgb
 from udaseg.data.protocols import IGNORE
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.transforms import resize_image
 from udaseg.errors import UdasegError
+from udaseg.io import atomic_path, atomic_write_bytes, sha256_file
 from udaseg.inference import InferenceNet, labelid_table
 from udaseg.model import backbone_spec
 
@@ -154,14 +152,6 @@ def compare_outputs(reference: list[np.ndarray], exported: list[np.ndarray], nam
     return report
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_image: Path, *, with_depth: bool = False,
                tolerance: float = DEFAULT_TOLERANCE, input_size: tuple[int, int] | None = None) -> ExportResult:
     """Export, verify, then move the file and its sidecar into place (never before verification)."""
@@ -180,37 +170,31 @@ def run_export(config: Config, checkpoint: Path, fmt: str, out: Path, verify_ima
     net = InferenceNet(model, with_depth=with_depth).eval().requires_grad_(False)
     names = ["logits", "depth"] if with_depth else ["logits"]
     example = torch.zeros(1, 3, size[1], size[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with torch.inference_mode(False), torch.no_grad():
-            if fmt == "torchscript":
-                _export_torchscript(net, example, tmp)
-            else:
-                _export_onnx(net, example, tmp, with_depth)
-        runner = _Runner(fmt, tmp)
-        checks = []
-        for what, x in verification_inputs(Path(verify_image), size):
-            with torch.inference_mode():
-                out_ref = net(x)
-            reference = [t.numpy() for t in (out_ref if isinstance(out_ref, tuple) else (out_ref,))]
-            report = compare_outputs(reference, runner(x), names, tolerance)
-            report["input"] = what
-            checks.append(report)
-            if not report["ok"]:
-                worst = max((v for v in report.values() if isinstance(v, dict)), key=lambda v: v["relative"])
-                raise ExportVerificationError(
-                    f"{fmt} export of {checkpoint} does not match PyTorch on {verify_image} ({what}): max |diff| "
-                    f"{worst['max_abs_diff']:.3g} = {worst['relative']:.2e} of the output range (tolerance {tolerance:g}), "
-                    f"argmax agreement {report['argmax_agreement']:.4%}; nothing was written")
-        verification = {"image": str(verify_image), "tolerance": tolerance,
-                        "rule": "|exported - torch| <= tolerance * max|torch| per output; argmax agreement >= "
-                                f"{MIN_ARGMAX_AGREEMENT}", "device": "cpu", "precision": "float32", "checks": checks}
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:
+            with torch.inference_mode(False), torch.no_grad():
+                if fmt == "torchscript":
+                    _export_torchscript(net, example, tmp)
+                else:
+                    _export_onnx(net, example, tmp, with_depth)
+            runner = _Runner(fmt, tmp)
+            checks = []
+            for what, x in verification_inputs(Path(verify_image), size):
+                with torch.inference_mode():
+                    out_ref = net(x)
+                reference = [t.numpy() for t in (out_ref if isinstance(out_ref, tuple) else (out_ref,))]
+                report = compare_outputs(reference, runner(x), names, tolerance)
+                report["input"] = what
+                checks.append(report)
+                if not report["ok"]:
+                    worst = max((v for v in report.values() if isinstance(v, dict)), key=lambda v: v["relative"])
+                    raise ExportVerificationError(
+                        f"{fmt} export of {checkpoint} does not match PyTorch on {verify_image} ({what}): max |diff| "
+                        f"{worst['max_abs_diff']:.3g} = {worst['relative']:.2e} of the output range (tolerance {tolerance:g}), "
+                        f"argmax agreement {report['argmax_agreement']:.4%}; nothing was written")
+            verification = {"image": str(verify_image), "tolerance": tolerance,
+                            "rule": "|exported - torch| <= tolerance * max|torch| per output; argmax agreement >= "
+                                    f"{MIN_ARGMAX_AGREEMENT}", "device": "cpu", "precision": "float32", "checks": checks}
     finally:
         torch.set_num_threads(torch_threads)
     sidecar = sidecar_path(out)
@@ -232,7 +216,7 @@ def sidecar_dict(config: Config, protocol, fmt: str, out: Path, checkpoint: Path
         "format": SIDECAR_FORMAT,
         "model_format": fmt,
         "file": out.name,
-        "sha256": _sha256(out),
+        "sha256": sha256_file(out),
         "opset": OPSET if fmt == "onnx" else None,
         "protocol": protocol.name,
         "classes": list(protocol.classes),

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from udaseg.errors import UdasegError
 from udaseg.gmm import (ClassGMM, DepthGMM, class_weights, expand_covariances, rescaled_squash_scale,
                         target_statistics, write_gmm)
 from udaseg.progress import progress_bar, rate_text
@@ -327,7 +328,7 @@ def write_plots(model: DepthGMM, samples: Sequence[np.ndarray], out_dir: Path, m
     except ImportError:
         warnings.warn("matplotlib is not installed: GMM plots skipped (pip install matplotlib)", stacklevel=2)
         return []
-    from udaseg.data.pngio import atomic_write_bytes
+    from udaseg.io import atomic_write_bytes
 
     rng = np.random.default_rng(seed)
     written = []
@@ -431,17 +432,31 @@ class FitReport:
     reservoir_bytes: int
 
 
+def refuse_replacing_a_used_gmm(layout) -> None:
+    """A gmm.h5 that train (or pseudolabel) already used stays: replacing it would leave checkpoints and
+    pseudo-labels made with other class weights and density targets than the file beside them."""
+    users = [d for d, used in ((layout.train_dir, layout.train.has_checkpoints()),
+                               (layout.self_train_dir, layout.self_train.has_checkpoints()),
+                               (layout.pseudo_labels_dir, layout.pseudo_labels_dir.is_dir()
+                                and any(layout.pseudo_labels_dir.iterdir()))) if used]
+    if layout.gmm_file.is_file() and users:
+        raise UdasegError(f"{layout.gmm_file}: already used by {', '.join(str(u) for u in users)}; a new fit would no "
+                          "longer match them: use another --set experiment.name=..., or pass --overwrite to replace it")
+
+
 def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Path | None = None,
-                fit: bool = True, plots: bool = True, progress: bool = True) -> FitReport:
+                fit: bool = True, plots: bool = True, progress: bool = True, overwrite: bool = False) -> FitReport:
     """The whole stage: stream the source set, fit, write gmm.h5, config.toml and plots."""
     from torch.utils.data import DataLoader, Subset
 
     from udaseg.config import to_toml
-    from udaseg.data.build import source_dataset
+    from udaseg.data.build import ignore_sigint, source_dataset
     from udaseg.data.recipe_protocol import protocol_of
     from udaseg.grid import output_grid
     from udaseg.layout import RunLayout, write_config
 
+    if fit and not overwrite:
+        refuse_replacing_a_used_gmm(RunLayout.for_config(config, runs_root))
     protocol = protocol_of(config)
     grid = output_grid(*config.data.source_size)
     gcfg = config.gmm
@@ -449,7 +464,8 @@ def run_fit_gmm(config, data_root: str | Path | None = None, runs_root: str | Pa
     if gcfg.max_images > 0 and gcfg.max_images < len(dataset):
         dataset = Subset(dataset, range(gcfg.max_images))
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.data.num_workers,
-                        prefetch_factor=8 if config.data.num_workers > 0 else None)
+                        prefetch_factor=8 if config.data.num_workers > 0 else None,
+                        worker_init_fn=ignore_sigint if config.data.num_workers > 0 else None)
     names = protocol.classes
     with progress_bar(progress) as bar:
         task = bar.add_task("source pass", total=len(dataset), info="")

@@ -30,7 +30,6 @@ import contextlib
 import glob
 import json
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,11 +41,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from udaseg.config import Config
-from udaseg.data.pngio import atomic_write_bytes, encode_png, read_rgb
+from udaseg.data.pngio import encode_png, read_rgb
 from udaseg.data.protocols import IGNORE, Protocol
 from udaseg.data.recipe_protocol import protocol_of
-from udaseg.errors import DataError, UdasegError
+from udaseg.errors import DataError, UdasegError, shorten
 from udaseg.inference import CONFIDENCE_PNG_SCALE, DEPTH_PNG_SCALE, colorize_depth, labelid_table, overlay
+from udaseg.io import atomic_write_bytes, new_temporary
 from udaseg.progress import progress_bar, rate_text
 from udaseg.segmenter import InputTransform, Prediction, Prepared, Segmenter
 
@@ -287,7 +287,7 @@ def _frames(item: InputFile, transform: InputTransform, result: PredictResult) -
     try:
         container = av.open(str(item.path))
     except Exception as err:  # av raises its own error types for every broken file
-        result.failed.append((str(item.path), f"cannot open the video ({type(err).__name__}: {str(err)[:100]})"))
+        result.failed.append((str(item.path), f"cannot open the video ({type(err).__name__}: {shorten(str(err), 100)})"))
         return
     try:
         stream = container.streams.video[0]
@@ -300,7 +300,7 @@ def _frames(item: InputFile, transform: InputTransform, result: PredictResult) -
         if index == 0:
             result.failed.append((str(item.path), "the video has no decodable frames"))
     except Exception as err:
-        result.failed.append((str(item.path), f"video decoding stopped ({type(err).__name__}: {str(err)[:100]})"))
+        result.failed.append((str(item.path), f"video decoding stopped ({type(err).__name__}: {shorten(str(err), 100)})"))
     finally:
         container.close()
 
@@ -364,10 +364,8 @@ class _VideoWriter:
         from fractions import Fraction
 
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-        os.close(fd)
-        self.container = av.open(self.tmp, "w")
+        self.tmp = new_temporary(path)  # the mode a new file gets, renamed into place by close()
+        self.container = av.open(str(self.tmp), "w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         self.width, self.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
@@ -391,7 +389,7 @@ class _VideoWriter:
         if keep:
             os.replace(self.tmp, self.path)
         else:
-            Path(self.tmp).unlink(missing_ok=True)
+            self.tmp.unlink(missing_ok=True)
 
 
 class OutputWriter:
@@ -477,7 +475,7 @@ class PredictRecord:
             if not isinstance(old, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
-            raise UdasegError(f"{self.path}: not a readable predict record ({str(err)[:80]}); delete it (the PNGs stay) "
+            raise UdasegError(f"{self.path}: not a readable predict record ({shorten(str(err), 80)}); delete it (the PNGs stay) "
                               "or use another --out") from None
         if old.get("protocol") not in (None, protocol.name):
             raise UdasegError(f"{self.path}: this folder holds {old['protocol']} predictions, the checkpoint predicts "

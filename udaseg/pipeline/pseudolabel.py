@@ -30,13 +30,14 @@ from udaseg.checkpoint import load_model
 from udaseg.config import Config
 from udaseg.data.build import make_loader, target_dataset
 from udaseg.data.palette import colorize
-from udaseg.data.pngio import atomic_write_bytes, encode_png
+from udaseg.data.pngio import encode_png
 from udaseg.data.protocols import IGNORE
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import pseudo_label_subset
 from udaseg.engine import DistEnv, configure_cpu_threads
-from udaseg.errors import DataError, UdasegError
+from udaseg.errors import DataError, StageFinished, UdasegError
 from udaseg.gmm import load_gmm
+from udaseg.io import atomic_write_bytes
 from udaseg.layout import RunLayout, write_config
 from udaseg.model import autocast
 from udaseg.progress import progress_bar
@@ -108,22 +109,25 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     dataset, labelled = _target_with_optional_labels(config, root, pl.refine_size)
     labels_dir, colour_dir = layout.pseudo_labels_dir, layout.pseudo_color_dir
     mine = [i for i in range(len(dataset)) if i % env.world_size == env.rank]
-    if resume:
-        mine = [i for i in mine if not (labels_dir / f"{dataset.samples[i].name}.png").is_file()]
+    counts = {k: torch.zeros(C, dtype=torch.float64, device=env.device) for k in COUNTS}
+    if resume:  # labels whose counts are in the ledger are done; their counts go into stats.json again
+        done = _read_ledger(layout.pseudo_counts, labels_dir, counts if env.is_main else None)  # summed once
+        mine = [i for i in mine if dataset.samples[i].name not in done]
+        if not mine and len(done) >= len(dataset) and layout.pseudo_stats.is_file():
+            raise StageFinished(f"{labels_dir}: all {len(dataset)} pseudo-labels and {layout.pseudo_stats.name} are "
+                                "written; nothing to continue and nothing changed")
     elif labels_dir.is_dir() and any(labels_dir.glob("*.png")):
         raise UdasegError(f"{labels_dir}: already holds pseudo-labels; pass --continue to finish them, or remove the folder to start over")
+    elif env.is_main:
+        layout.pseudo_counts.unlink(missing_ok=True)  # a ledger without labels belongs to no run
     if env.is_main:
         labels_dir.mkdir(parents=True, exist_ok=True)
         write_config(layout.pseudo_dir, config)
     workers = config.inference.workers if workers is None else workers
     configure_cpu_threads(env, workers)
 
-    # counters [C]: confident pixels, kept pixels, and (with GT) correct among them
-    counts = {k: torch.zeros(C, dtype=torch.float64, device=env.device)
-              for k in ("predicted", "confident", "kept", "labelled", "confident_labelled", "kept_labelled",
-                      "confident_correct", "kept_correct")}
     pool = ThreadPoolExecutor(max_workers=writer_threads)
-    pending = []
+    pending = []  # (names, their counts, their write jobs), in the ledger once the writes are done
     bar = progress_bar(progress and env.is_main)
     with bar:
         task = bar.add_task("pseudolabel", total=len(mine), info="")
@@ -138,13 +142,22 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
                 confident = torch.where(conf >= pl.conf_threshold, pred, torch.full_like(pred, IGNORE))
                 refined = (refine(pred, conf, thresholds, pl.conf_threshold, pl.connectivity,
                                   verify=step == 0 and pl.verify_first_batch) if do_refine else confident)
-                _accumulate(counts, pred, confident, refined, batch.get("label"), C)
-                for name, array in zip(batch["name"], refined.cpu().numpy()):
+                gt = batch.get("label")
+                for b, (name, array) in enumerate(zip(batch["name"], refined.cpu().numpy())):
+                    delta = {k: torch.zeros_like(v) for k, v in counts.items()}  # this image's counts
+                    _accumulate(delta, pred[b:b + 1], confident[b:b + 1], refined[b:b + 1],
+                                None if gt is None else gt[b:b + 1], C)
+                    for k in counts:
+                        counts[k] += delta[k]
                     colour_path = colour_dir / f"{name}.png" if colour else None
-                    pending.append(pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, protocol))
+                    job = pool.submit(_write, labels_dir / f"{name}.png", array, colour_path, protocol)
+                    pending.append(([name], delta, [job]))
+                pending = _record_finished(pending, layout.pseudo_counts)
                 bar.advance(task, len(batch["name"]))
-        for job in pending:
-            job.result()  # surface write errors
+        for _, _, jobs in pending:
+            for job in jobs:
+                job.result()  # surface write errors
+        _record_finished(pending, layout.pseudo_counts)
     pool.shutdown()
     if env.distributed:
         for tensor in counts.values():
@@ -153,6 +166,44 @@ def run_pseudolabel(config: Config, env: DistEnv, checkpoint: Path, root=None, r
     if env.is_main:
         atomic_write_bytes(layout.pseudo_stats, json.dumps(stats, indent=2).encode())
     return stats
+
+
+COUNTS = ("predicted", "confident", "kept", "labelled", "confident_labelled", "kept_labelled", "confident_correct",
+          "kept_correct")  # per class: confident pixels, kept pixels, and (with GT) correct among them
+
+
+def _record_finished(pending: list, ledger: Path) -> list:
+    """Append to the ledger each entry whose label files are written (in order); return the rest.
+
+    One line per image: its name and pixel counts, appended only after its label exists, so the
+    ledger never counts a label that is not on disk and --continue redoes only missing labels."""
+    while pending and all(job.done() for job in pending[0][2]):
+        names, delta, jobs = pending.pop(0)
+        for job in jobs:
+            job.result()
+        line = json.dumps({"names": names, **{k: v.cpu().tolist() for k, v in delta.items()}}) + "\n"
+        with open(ledger, "a") as f:  # one write of one line: ranks may share the file
+            f.write(line)
+    return pending
+
+
+def _read_ledger(ledger: Path, labels_dir: Path, counts: dict | None) -> set[str]:
+    """Add the ledger's counts of images whose labels exist to `counts` (if given); return their names."""
+    done: set[str] = set()
+    if not ledger.is_file():
+        return done
+    for line in ledger.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: its labels are made again
+            continue
+        names = record["names"]
+        if any(n in done for n in names) or not all((labels_dir / f"{n}.png").is_file() for n in names):
+            continue
+        for k in counts or ():
+            counts[k] += torch.tensor(record[k], dtype=torch.float64, device=counts[k].device)
+        done.update(names)
+    return done
 
 
 def _accumulate(counts: dict, pred, confident, refined, gt, C: int) -> None:

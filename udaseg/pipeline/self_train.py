@@ -116,7 +116,7 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
     model = wrap_ddp(model, env, find_unused=True)
     parts = TrainParts(model, optimizer, class_weights=source_class_weights(config, layout, env.device))
 
-    state = resume_or_refuse(folder, config, parts, env, resume)
+    state = resume_or_refuse(folder, config, parts, env, resume, total=config.self_train.iterations)
     start = int(state["iteration"]) if state else 0
     loop_state = state.get("loop") if state else None
     if not resume:  # start from the train checkpoint (train.select: best on val, or final), with a fresh optimizer

@@ -316,7 +316,7 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
     t = config.train
     torch.manual_seed(config.experiment.seed)
     parts = build_parts(config, env, root, layout, imagenet=init is None)
-    state = resume_or_refuse(folder, config, parts, env, resume)
+    state = resume_or_refuse(folder, config, parts, env, resume, total=t.iterations)
     if init is not None:
         start_from(parts, config, Path(init), env.device)
     start = int(state["iteration"]) if state else 0

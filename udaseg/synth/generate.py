@@ -16,10 +16,11 @@ from typing import Iterator
 
 import numpy as np
 
-from udaseg.data.pngio import atomic_write_bytes, read_png_raw, write_png
+from udaseg.data.pngio import read_png_raw, write_png
 from udaseg.data.palette import palette_for
 from udaseg.data.protocols import PROTOCOLS
 from udaseg.errors import UdasegError
+from udaseg.io import atomic_write_bytes
 from udaseg.synth.config import SynthConfig
 from udaseg.synth.render import SKY_DEPTH
 from udaseg.synth.scene import Frame, render_frame
@@ -153,6 +154,17 @@ def _done(out: Path, cfg: SynthConfig, item: Item) -> bool:
     return all(p.is_file() for p in item_paths(out, cfg, item.domain, item.index).values())
 
 
+def _complete(out: Path, cfg: SynthConfig) -> dict | None:
+    """synth.json of a finished run with these parameters whose every file and contact sheet exist, else None."""
+    try:
+        meta = json.loads((out / "synth.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not meta.get("complete") or (meta.get("contact_sheet") and not (out / meta["contact_sheet"]).is_file()):
+        return None
+    return meta if all(_done(out, cfg, item) for item in _items(cfg)) else None
+
+
 # ---------------------------------------------------------------------- contact sheet
 
 
@@ -279,6 +291,8 @@ def generate(out: Path, cfg: SynthConfig, workers: int = 2, progress: bool = Tru
     """Write source + target (train/val) + contact sheet + synth.json; returns the synth.json content."""
     out = Path(out)
     resumed = prepare_output(out, cfg, overwrite)
+    if resumed and (done := _complete(out, cfg)) is not None:
+        return {**done, "written": 0, "resumed": True}  # touch nothing: make compares these files' mtimes
     out.mkdir(parents=True, exist_ok=True)
     meta = {**_params(cfg), "complete": False}
     atomic_write_bytes(out / "synth.json", (json.dumps(meta, indent=2) + "\n").encode())
