@@ -11,7 +11,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from fakedata import write_cityscapes, write_synthia
+from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from udaseg.checkpoint import save_checkpoint
 from udaseg.cli import app
 from udaseg.commands.common import user_errors

@@ -66,3 +66,14 @@ def test_the_table_is_consistent():
         assert spec.name == name and (spec.source or spec.target)
         assert (spec.raw_ids is None) == (name in ("generic", "folder"))  # those two take the protocol's ids
     assert [n for n, s in FORMATS.items() if not s.has_labels] == ["folder"]
+
+
+def test_the_torch_free_name_lists_match_the_tables():
+    """Recipe validation reads udaseg.names (no torch); the tables must hold exactly those names."""
+    from udaseg.data.formats import FORMATS
+    from udaseg.model.backbones import BACKBONES
+    from udaseg.names import BACKBONE_NAMES, FORMAT_SIDES
+
+    assert {n: tuple(s for s in ("source", "target") if getattr(f, s) is not None) for n, f in FORMATS.items()} \
+        == FORMAT_SIDES
+    assert tuple(BACKBONES) == BACKBONE_NAMES

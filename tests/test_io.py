@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fakedata import write_cityscapes
+from udaseg.testing.fakedata import write_cityscapes
 from udaseg.checkpoint import save_checkpoint
 from udaseg.cli import app
 from udaseg.config import load_config, to_toml

@@ -476,13 +476,13 @@ def validate(config: Config) -> None:
 
 
 def _check_names(config: Config) -> None:
-    """The dataset formats and the backbone are names of their tables (which import no config)."""
-    from udaseg.data.formats import source_format, target_format
-    from udaseg.model.backbones import backbone_spec
+    """The dataset formats and the backbone are names of their tables (checked without importing
+    them: they import torch, and a refused recipe should answer at once)."""
+    from udaseg.names import check_backbone_name, check_format_name
 
-    source_format(config)
-    target_format(config)
-    backbone_spec(config.model.backbone)
+    check_format_name(config.data.source_format, "source")
+    check_format_name(config.data.target_format, "target")
+    check_backbone_name(config.model.backbone)
 
 
 def _check_schedules(config: Config) -> None:
