@@ -1,6 +1,7 @@
 """Every shipped recipe resolves to exactly the values it resolved to before the sections were
 reshaped (tests/fixtures/resolved_recipes.json: each recipe's resolved config.toml, written by
-main at cd82404, the last commit before the change), key by key, with the keys that moved mapped to where they were."""
+main at cd82404, the last commit before the change; own5's entry then took the demo's head settings,
+a recipe change of its own), key by key, with the keys that moved mapped to where they were."""
 
 from __future__ import annotations
 
