@@ -589,7 +589,7 @@ def _batchnorm_choice() -> tuple[dict, str, bool]:
 def _batch_statistics_bn(probes: list):
     """Fallback without `model.batchnorm`: build the real parts with BN in train mode."""
     import udaseg.pipeline.train as stage1
-    from udaseg.engine import unwrap
+    from udaseg.distributed import unwrap
     from udaseg.model.health import MAX_FEATURE, probe_features
 
     real_build, real_check = stage1.build_parts, stage1.check_trainable
@@ -785,7 +785,7 @@ def item_eval_pseudolabel(ctx: Ctx) -> dict:
     from udaseg.checkpoint import checkpoint_dict, load_model, save_checkpoint
     from udaseg.config import load_config
     from udaseg.data.recipe_protocol import protocol_of
-    from udaseg.engine import DistEnv
+    from udaseg.distributed import DistEnv
     from udaseg.gmm import write_gmm
     from udaseg.layout import RunLayout
     from udaseg.model import model_from_config
@@ -949,7 +949,7 @@ def item_ddp_resume(ctx: Ctx) -> dict:
     from udaseg.testing.fakedata import write_cityscapes, write_synthia
     from udaseg.checkpoint import load_checkpoint
     from udaseg.config import load_config
-    from udaseg.engine import read_log
+    from udaseg.loop import read_log
     from udaseg.gmm import write_gmm
     from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, RunLayout
 
@@ -1086,7 +1086,7 @@ def train_entry(argv: list[str]) -> None:
             if dist.is_initialized():
                 dist.destroy_process_group()
         save_info()
-    import udaseg.engine as engine
+    import udaseg.distributed as engine
 
     real_setup = engine.setup_distributed
 

@@ -40,7 +40,8 @@ import torch
 from udaseg.config import load_config, parse_override
 from udaseg.data.protocols import get_protocol
 from udaseg.data.recipe_protocol import protocol_of
-from udaseg.engine import DistEnv, poly_lr, set_lr
+from udaseg.distributed import DistEnv
+from udaseg.schedule import poly_lr, set_lr
 from udaseg.gmm import ClassGMM, DepthGMM, write_gmm
 from udaseg.grid import output_grid
 from udaseg.layout import RunLayout

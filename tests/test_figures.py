@@ -115,7 +115,7 @@ def _log(n: int = 6) -> list[dict]:
 
 
 def test_progress_figure_labels_every_axis_and_every_curve():
-    from udaseg.engine import progress_figure
+    from udaseg.progress_plot import progress_figure
 
     fig = progress_figure(_log())
     plotted = [ax for ax in fig.axes if ax.get_lines()]

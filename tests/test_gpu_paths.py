@@ -18,7 +18,8 @@ import udaseg.refine as refine_mod
 from udaseg.testing.fakedata import write_cityscapes, write_synthia
 from udaseg.testing.refine_cases import adversarial, scipy_refine
 from udaseg.config import load_config
-from udaseg.engine import DistEnv, read_log
+from udaseg.distributed import DistEnv
+from udaseg.loop import read_log
 from udaseg.errors import UdasegError
 from udaseg.layout import RunLayout
 from udaseg.refine import refine

@@ -15,7 +15,8 @@ from torch import nn
 
 from conftest import tiny_recipe
 from udaseg.config import load_config
-from udaseg.engine import DistEnv, TrainParts
+from udaseg.distributed import DistEnv
+from udaseg.engine import TrainParts
 from udaseg.model import SegDepthOutput
 from udaseg.pipeline.train import Stage1Step
 

@@ -18,7 +18,8 @@ from udaseg.cli import app
 from udaseg.config import load_config
 from udaseg.data.build import target_dataset
 from udaseg.checkpoint import load_checkpoint
-from udaseg.engine import DistEnv, read_log
+from udaseg.distributed import DistEnv
+from udaseg.loop import read_log
 from udaseg.layout import CHECKPOINT_LATEST
 from udaseg.data.protocols import IGNORE
 from udaseg.errors import DataError, UdasegError

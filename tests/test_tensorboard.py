@@ -11,7 +11,8 @@ import torch
 import udaseg.tensorboard as tb
 from conftest import tiny_recipe
 from udaseg.config import load_config
-from udaseg.engine import DistEnv, read_log
+from udaseg.distributed import DistEnv
+from udaseg.loop import read_log
 from udaseg.pipeline.fit_gmm import run_fit_gmm
 from udaseg.pipeline.pseudolabel import run_pseudolabel
 from udaseg.pipeline.self_train import run_self_train
@@ -83,7 +84,7 @@ def test_without_tensorboard_nothing_changes(bench, tmp_path, monkeypatch):
     assert [r["iteration"] for r in read_log(folder / "log.jsonl")] == [1, 2]
     monkeypatch.undo()
     monkeypatch.setenv("UDASEG_TENSORBOARD", "0")
-    assert tb.tensorboard_observer(config, tmp_path, DistEnv(), torch.nn.Identity()) is None
+    assert tb.tensorboard_callbacks(config, tmp_path, DistEnv(), torch.nn.Identity()) == []
 
 
 def test_a_resumed_run_purges_the_steps_it_repeats(tmp_path):
@@ -91,9 +92,9 @@ def test_a_resumed_run_purges_the_steps_it_repeats(tmp_path):
     config = load_config(None, OVERRIDES)
     first = tb.TensorBoardLogger(tmp_path, config, torch.nn.Identity(), torch.device("cpu"))
     for it in (1, 2, 3):
-        first.log({"iteration": it, "seg": float(it), "time": 1.0 + it})
-    first.close()
+        first.on_log({"iteration": it, "seg": float(it), "time": 1.0 + it})
+    first.on_end()
     second = tb.TensorBoardLogger(tmp_path, config, torch.nn.Identity(), torch.device("cpu"), start_iteration=2)
-    second.log({"iteration": 3, "seg": 30.0, "time": 10.0})
-    second.close()
+    second.on_log({"iteration": 3, "seg": 30.0, "time": 10.0})
+    second.on_end()
     assert [(e.step, e.value) for e in events(tmp_path).Scalars("seg")] == [(1, 1.0), (2, 2.0), (3, 30.0)]

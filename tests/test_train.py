@@ -29,7 +29,9 @@ from udaseg.config import load_config
 from udaseg.data.pngio import write_png
 from udaseg.data.protocols import get_protocol
 from udaseg.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from udaseg.engine import DistEnv, NonFiniteLoss, ResumableSampler, read_log
+from udaseg.distributed import DistEnv
+from udaseg.loop import NonFiniteLoss, read_log
+from udaseg.schedule import ResumableSampler
 from udaseg.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOG_FILE, TENSORBOARD_DIR
 from udaseg.tensorboard import tensorboard_available
 from udaseg.errors import UdasegError
@@ -582,7 +584,8 @@ def test_normalized_heads_start_at_the_source_median_and_keep_raw_units(data, ru
 
 
 def test_aux_head_lr_mult_puts_depth_and_density_heads_in_their_own_group():
-    from udaseg.engine import build_sgd, set_lr
+    from udaseg.engine import build_sgd
+    from udaseg.schedule import set_lr
     from udaseg.model import model_from_config
 
     cfg = config(train__head_lr_mult=10.0, train__aux_head_lr_mult=20.0)
@@ -775,3 +778,33 @@ def test_collapse_watch_rule_by_hand():
     assert resumed.flagged == {"density_src": 4} and resumed.update(rec(7, 0, 0)) == []
     fresh = CollapseWatch(patience=2)
     assert [fresh.update(r) for r in (rec(1, 90, 40), rec(2, 2.0, 30), rec(3, 90, 40), rec(4, 0.9, 30))] == [[]] * 4
+
+
+def test_loop_callbacks_see_each_event_and_stop_after_stops_like_ctrl_c(data, runs):
+    """The loop's seam: a callback gets every log line and checkpoint; `StopAfter(n)` ends the run
+    after iteration n with checkpoint_latest.pt and no final, and --continue finishes it."""
+    from udaseg.loop import LoopCallback, StopAfter
+
+    class Record(LoopCallback):
+        def __init__(self):
+            self.logs, self.checkpoints, self.ends = [], [], []
+
+        def on_log(self, record):
+            self.logs.append(record["iteration"])
+
+        def on_checkpoint(self, iteration):
+            self.checkpoints.append(iteration)
+
+        def on_end(self, iteration):
+            self.ends.append(iteration)
+
+    cfg = config(train__iterations=4, train__checkpoint_every=2)
+    first = Record()
+    stage1.run_train(cfg, DistEnv(), data, runs, progress=False, workers=0, callbacks=[first, StopAfter(3)])
+    assert (first.logs, first.checkpoints, first.ends) == ([1, 2, 3], [2, 3], [])
+    assert load_checkpoint(train_dir(runs) / CHECKPOINT_LATEST)["iteration"] == 3
+    assert not (train_dir(runs) / CHECKPOINT_FINAL).exists() and (train_dir(runs) / "progress.png").is_file()
+    second = Record()
+    stage1.run_train(cfg, DistEnv(), data, runs, resume=True, progress=False, workers=0, callbacks=[second])
+    assert (second.logs, second.checkpoints, second.ends) == ([4], [4], [4])
+    assert load_checkpoint(train_dir(runs) / CHECKPOINT_FINAL)["iteration"] == 4

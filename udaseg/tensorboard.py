@@ -1,6 +1,6 @@
 """TensorBoard event files for `train` and `self-train`, when `tensorboard` is installed (extra `tb`).
 
-The logger observes the training loop (`udaseg.engine.LoopSpec.observer`) on rank 0:
+The logger is a callback of the training loop (`udaseg.loop.LoopCallback`) on rank 0:
 
 - every scalar of each `log.jsonl` record goes in under its own name (`seg`, `adv`, `lr`,
   `images_per_s`, `val_miou`, ...) at the record's iteration and wall time;
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from udaseg.config import Config
+from udaseg.loop import LoopCallback
 from udaseg.progress import console
 
 NUM_IMAGES = 3
@@ -35,7 +36,7 @@ def tensorboard_available() -> bool:
     return True
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(LoopCallback):
     """`log(record)`, `checkpoint(iteration)`, `close()` — what `run_loop` calls."""
 
     def __init__(self, log_dir: Path, config: Config, model: torch.nn.Module, device: torch.device,
@@ -50,7 +51,7 @@ class TensorBoardLogger:
         self._samples: list[dict] | None = None
 
     # -- scalars
-    def log(self, record: dict) -> None:
+    def on_log(self, record: dict) -> None:
         step = int(record["iteration"])
         walltime = record.get("time")
         for key, value in record.items():
@@ -77,7 +78,7 @@ class TensorBoardLogger:
                 break
         return self._samples
 
-    def checkpoint(self, iteration: int) -> None:
+    def on_checkpoint(self, iteration: int) -> None:
         try:
             samples = self._target_samples()
         except Exception as err:  # images are a nicety: a broken file must not stop training
@@ -93,7 +94,7 @@ class TensorBoardLogger:
     def _panels(self, samples: list[dict]) -> list[np.ndarray]:
         from udaseg.data.palette import colorize
         from udaseg.data.recipe_protocol import protocol_of
-        from udaseg.engine import unwrap
+        from udaseg.distributed import unwrap
         from udaseg.inference import colorize_depth
         from udaseg.model import autocast, channels_last, upsample
 
@@ -123,17 +124,18 @@ class TensorBoardLogger:
             panels.append(np.concatenate(parts, axis=1))
         return panels
 
-    def close(self) -> None:
+    def on_end(self, iteration: int | None = None) -> None:
         self.writer.close()
 
 
-def tensorboard_observer(config: Config, folder: Path, env, model: torch.nn.Module, root=None,
-                         start_iteration: int = 0) -> TensorBoardLogger | None:
-    """A logger for the stage folder on rank 0 when TensorBoard is installed; None otherwise."""
+def tensorboard_callbacks(config: Config, folder: Path, env, model: torch.nn.Module, root=None,
+                          start_iteration: int = 0) -> list[TensorBoardLogger]:
+    """The loop callbacks that write TensorBoard events for the stage folder: one logger on rank 0
+    when TensorBoard is installed (and $UDASEG_TENSORBOARD is not off); none otherwise."""
     if not env.is_main or os.environ.get("UDASEG_TENSORBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
+        return []
     if not tensorboard_available():
-        return None
+        return []
     from udaseg.layout import TrainDir
 
-    return TensorBoardLogger(TrainDir(Path(folder)).tensorboard, config, model, env.device, root, start_iteration)
+    return [TensorBoardLogger(TrainDir(Path(folder)).tensorboard, config, model, env.device, root, start_iteration)]

@@ -82,7 +82,7 @@ def user_errors(func: Callable) -> Callable:
 @contextlib.contextmanager
 def distributed(device: str | None):
     """The process group of a torchrun launch (or one local process), torn down on exit."""
-    from udaseg.engine import cleanup_distributed, setup_distributed
+    from udaseg.distributed import cleanup_distributed, setup_distributed
 
     env = setup_distributed(device)
     try:

@@ -122,7 +122,7 @@ def training_heads(checkpoint: Path) -> dict | None:
     """The auxiliary heads' last logged statistics and collapse flags from the training log of
     the stage that made the checkpoint (train/, or train/ before a self_train/ checkpoint)."""
     from udaseg.collapse import collapse_summary
-    from udaseg.engine import read_log
+    from udaseg.loop import read_log
 
     folder = Path(checkpoint).absolute().parent
     for log in (folder / LOG_FILE, RunLayout(folder.parent).train.log):

@@ -34,7 +34,7 @@ from udaseg.data.pngio import encode_png
 from udaseg.data.protocols import IGNORE
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import pseudo_label_subset
-from udaseg.engine import DistEnv, configure_cpu_threads
+from udaseg.distributed import DistEnv, configure_cpu_threads
 from udaseg.errors import DataError, StageFinished, UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.io import atomic_write_bytes

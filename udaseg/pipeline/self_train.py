@@ -3,13 +3,15 @@
 Starts from the train checkpoint's weights (best on the target val or final, `train.select`) with a
 fresh SGD optimizer and the same hyper-parameters; the poly denominator is `self_train.lr_horizon`
 (the release keeps stage 1's 90,000); evaluated on the target val every `self_train.eval_every`
-iterations, the best kept. Optionally keeps the source supervised losses. Set-up, loop, checkpoints, resume and logging
-are the training engine's (`udaseg.engine`), shared with `udaseg train`.
+iterations, the best kept. Optionally keeps the source supervised losses. Set-up (`udaseg.engine`), the loop
+and its callbacks (`udaseg.loop`), the schedule (`udaseg.schedule`) and DDP (`udaseg.distributed`)
+are shared with `udaseg train`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,16 +23,18 @@ from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.protocols import IGNORE
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.data.pseudo import PseudoLabelDataset, pseudo_label_subset
-from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
-                           plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
-                           set_rng_state, training_state, unwrap, wrap_ddp)
+from udaseg.distributed import DistEnv, configure_cpu_threads, unwrap, wrap_ddp
+from udaseg.engine import TrainParts, build_network, build_sgd, resume_or_refuse, set_rng_state, training_state
+from udaseg.loop import LoopCallback, LoopSpec, run_loop
+from udaseg.progress_plot import ProgressPlot
+from udaseg.schedule import poly_horizon, poly_lr, sampled_batches, set_lr
 from udaseg.errors import UdasegError
 from udaseg.gmm import load_gmm
 from udaseg.layout import STAGE_SELF_TRAIN, RunLayout, write_config
 from udaseg.losses import berhu, weighted_cross_entropy
 from udaseg.model import autocast, upsample
 from udaseg.scoring import ValScorer
-from udaseg.tensorboard import tensorboard_observer
+from udaseg.tensorboard import tensorboard_callbacks
 
 
 class SelfTrainStep:
@@ -105,8 +109,10 @@ def check_pseudo_labels(config: Config, layout: RunLayout, pseudo: PseudoLabelDa
 
 
 def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = None, root=None, runs=None,
-                   resume: bool = False, progress: bool = True, workers: int | None = None) -> Path:
-    """Run stage 2; returns the path of `self_train/checkpoint_final.pt`."""
+                   resume: bool = False, progress: bool = True, workers: int | None = None,
+                   callbacks: Sequence[LoopCallback] = ()) -> Path:
+    """Run stage 2; returns the path of `self_train/checkpoint_final.pt`. `callbacks` join the
+    loop's own (`udaseg.loop.LoopCallback`, e.g. `StopAfter(n)`)."""
     layout = RunLayout.for_config(config, runs)
     folder, st, t = layout.self_train, config.self_train, config.train
     torch.manual_seed(config.experiment.seed)
@@ -151,9 +157,9 @@ def run_self_train(config: Config, env: DistEnv, init_checkpoint: Path | None = 
         step=SelfTrainStep(config, parts, env, target_iter, source_iter),
         state=lambda it: training_state(config, parts, it, STAGE_SELF_TRAIN),
         lrs=lambda: {"lr": optimizer.param_groups[0]["lr"]}, progress=progress,
-        on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
         eval_every=st.eval_every, evaluate=scorer, loop_state=loop_state,
-        observer=tensorboard_observer(config, folder.path, env, model, root, start),
+        callbacks=[ProgressPlot(folder.log, folder.progress_plot),
+                   *tensorboard_callbacks(config, folder.path, env, model, root, start), *callbacks],
     )
     run_loop(spec, env)
     return folder.final

@@ -26,6 +26,7 @@ targets' so a collapse is seen (udaseg/collapse.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,10 +36,11 @@ from udaseg.data.build import source_dataset, target_dataset
 from udaseg.data.depth import INVDEPTH_SCALE, MAX_DEPTH_M, invdepth_to_metres
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.collapse import HEALTH_PREFIX, head_stats
-from udaseg.engine import (DistEnv, LoopSpec, TrainParts, build_network, build_sgd, configure_cpu_threads,
-                           plot_progress, poly_horizon, poly_lr, resume_or_refuse, run_loop, sampled_batches, set_lr,
-                           set_rng_state,
-                           training_state, unwrap, wrap_ddp)
+from udaseg.distributed import DistEnv, configure_cpu_threads, unwrap, wrap_ddp
+from udaseg.engine import TrainParts, build_network, build_sgd, resume_or_refuse, set_rng_state, training_state
+from udaseg.loop import LoopCallback, LoopSpec, run_loop
+from udaseg.progress_plot import ProgressPlot
+from udaseg.schedule import poly_horizon, poly_lr, sampled_batches, set_lr
 from udaseg.errors import UdasegError
 from udaseg.gmm import DepthGMM, load_gmm
 from udaseg.layout import STAGE_TRAIN, RunLayout, write_config
@@ -49,7 +51,7 @@ from udaseg.model import Discriminator, architecture_for, autocast, channels_las
 from udaseg.model.advent import AdventDiscriminators
 from udaseg.model.health import check_trainable
 from udaseg.scoring import ValScorer
-from udaseg.tensorboard import tensorboard_observer
+from udaseg.tensorboard import tensorboard_callbacks
 
 
 def load_gmm_for(config: Config, layout: RunLayout, required: bool) -> DepthGMM | None:
@@ -304,7 +306,7 @@ def start_from(parts: TrainParts, config: Config, init: Path, device: torch.devi
 
 def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs: str | Path | None = None,
               resume: bool = False, progress: bool = True, workers: int | None = None,
-              init: Path | None = None) -> Path:
+              init: Path | None = None, callbacks: Sequence[LoopCallback] = ()) -> Path:
     """Run train (the paper's stage 1) as the recipe says — an advent / dada row with its paper's
     values (`with_baseline_values`) — optionally starting from the checkpoint `init`; returns the
     path of `train/checkpoint_final.pt`."""
@@ -354,9 +356,9 @@ def run_train(config: Config, env: DistEnv, root: str | Path | None = None, runs
         images_per_step=t.batch_size_source + (t.batch_size_target if tgt_iter else 0),
         description=f"train {config.experiment.name} [{t.ablation}]",
         step=step, state=lambda it: training_state(config, parts, it, STAGE_TRAIN), lrs=lrs, progress=progress,
-        on_checkpoint=lambda: plot_progress(folder.log, folder.progress_plot),
         eval_every=t.eval_every, evaluate=scorer, loop_state=state.get("loop") if state else None,
-        observer=tensorboard_observer(config, folder.path, env, parts.model, root, start),
+        callbacks=[ProgressPlot(folder.log, folder.progress_plot),
+                   *tensorboard_callbacks(config, folder.path, env, parts.model, root, start), *callbacks],
     )
     run_loop(spec, env)
     return folder.final
