@@ -997,9 +997,9 @@ def item_ddp_resume(ctx: Ctx) -> dict:
     ctx.partial(lines=list(lines), figures=figures)
     rc, interrupted = launch("interrupted", [], UDASEG_CHECK_STOP_AT=str(stop))
     latest = load_checkpoint(interrupted / CHECKPOINT_LATEST)
-    assert latest["iteration"] == stop, f"Ctrl-C after iteration {stop} saved iteration {latest['iteration']}"
+    assert latest["iteration"] == stop, f"a stop after iteration {stop} saved iteration {latest['iteration']}"
     assert not (interrupted / CHECKPOINT_FINAL).exists(), "an interrupted run wrote checkpoint_final.pt"
-    lines.append(f"interrupted: Ctrl-C during iteration {stop} -> exit {rc}, checkpoint_latest.pt at iteration {stop}")
+    lines.append(f"interrupted: stopped after iteration {stop} (StopAfter) -> exit {rc}, checkpoint_latest.pt at iteration {stop}")
     launch("interrupted", ["--continue"])
     a, b = load_checkpoint(straight / CHECKPOINT_FINAL), load_checkpoint(interrupted / CHECKPOINT_FINAL)
     assert a["iteration"] == b["iteration"] == total, (a["iteration"], b["iteration"])
@@ -1099,18 +1099,16 @@ def train_entry(argv: list[str]) -> None:
 
     engine.setup_distributed = setup_distributed
     stop = int(os.environ.get("UDASEG_CHECK_STOP_AT", "0"))
-    if stop:
+    if stop:  # the run stops after iteration `stop` through the loop's own seam (udaseg.loop.StopAfter)
         import udaseg.pipeline.train as stage1
+        from udaseg.loop import StopAfter
 
-        real_call = stage1.Stage1Step.__call__
+        real_run = stage1.run_train
 
-        def call(self, iteration):
-            out = real_call(self, iteration)
-            if iteration == stop - 1:  # Ctrl-C during iteration `stop`: the loop saves, then stops
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
+        def run_train(*args, callbacks=(), **kwargs):
+            return real_run(*args, callbacks=[*callbacks, StopAfter(stop)], **kwargs)
 
-        stage1.Stage1Step.__call__ = call
+        stage1.run_train = run_train
     from udaseg.cli import app
 
     app(args=argv, prog_name="udaseg")
