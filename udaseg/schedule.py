@@ -3,6 +3,8 @@ run replays exactly) and the poly learning rate."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch.utils.data import Sampler
 
