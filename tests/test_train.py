@@ -694,7 +694,7 @@ def test_adv_depth_unit_divides_dadas_fhat_by_the_source_median(data, runs, monk
     from udaseg.gmm import load_gmm
 
     median = load_gmm(RunLayout.for_config(config(), runs).gmm_file).invdepth_median
-    cfg = config(train__ablation="dada", train__adv_depth="unit", train__iterations=1)
+    cfg = config(train__ablation="dada_simple", train__adv_depth="unit", train__iterations=1)
     outputs, disc_inputs = _record_step(cfg, data, runs, monkeypatch)
     (_, _), (size_t, out_t) = outputs
     p = F.softmax(F.interpolate(out_t["seg"], size=size_t, mode="bilinear", align_corners=True), dim=1)
