@@ -126,7 +126,7 @@ def test_cuda_without_a_gpu_is_one_line_in_train_eval_and_predict(tmp_path, chec
     assert not (tmp_path / "runs" / "t" / "eval" / "summary.json").exists()
     result = runner.invoke(app, ["predict", "--checkpoint", str(checkpoint), str(checkpoint.parent / "data"),
                                  "--out", str(tmp_path / "p"), "--device", "cuda"])
-    one_error_line(result, "'cuda'", "no such CUDA GPU", "--device cpu")  # the Segmenter's own check
+    one_error_line(result, "--device cuda", "no CUDA GPU", "--device cpu")  # through the Segmenter
 
 
 def test_resolve_device_names_the_problem(monkeypatch):

@@ -159,11 +159,11 @@ def test_bad_inputs_are_one_line_errors_naming_the_image(ckpt, tmp_path):
 def test_a_missing_gpu_is_a_one_line_error(ckpt, folder, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    with pytest.raises(UdasegError, match="device 'cuda': no such CUDA GPU is visible here; use device cpu"):
+    with pytest.raises(UdasegError, match="--device cuda: no CUDA GPU is available here .*; run with --device cpu"):
         Segmenter.from_checkpoint(ckpt, device="cuda")
     result = runner.invoke(app, ["predict", str(folder / "a.png"), "--checkpoint", str(ckpt), "--out",
                                  str(tmp_path / "o"), "--device", "cuda:0"])
-    assert result.exit_code == 1 and "device 'cuda:0': no such CUDA GPU" in result.output
+    assert result.exit_code == 1 and "--device cuda:0: no CUDA GPU is available here" in result.output
     assert not (tmp_path / "o").exists()
 
 

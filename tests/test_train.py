@@ -808,3 +808,20 @@ def test_loop_callbacks_see_each_event_and_stop_after_stops_like_ctrl_c(data, ru
     stage1.run_train(cfg, DistEnv(), data, runs, resume=True, progress=False, workers=0, callbacks=[second])
     assert (second.logs, second.checkpoints, second.ends) == ([4], [4], [4])
     assert load_checkpoint(train_dir(runs) / CHECKPOINT_FINAL)["iteration"] == 4
+
+
+def test_head_stats_are_masked_moments_against_numpy():
+    from udaseg.collapse import head_stats
+
+    gen = torch.Generator().manual_seed(0)
+    out, tgt = torch.randn(2, 5, 7, generator=gen) * 3 + 1, torch.rand(2, 5, 7, generator=gen) * 50
+    valid = tgt > 20
+    s = head_stats("depth", "src", out, tgt, valid=valid)
+    o, t, v = out.numpy(), tgt.numpy(), valid.numpy()
+    expected = {"mean": o[v].mean(), "std": o[v].std(), "target_mean": t[v].mean(), "target_std": t[v].std()}
+    for stat, value in expected.items():
+        assert float(s[f"health/depth_{stat}_src"]) == pytest.approx(float(value), rel=1e-5), stat
+    whole = head_stats("density", "tgt", out)
+    assert float(whole["health/density_std_tgt"]) == pytest.approx(float(o.std()), rel=1e-5)
+    none = head_stats("depth", "src", out, tgt, valid=torch.zeros_like(valid))
+    assert all(float(x) == 0.0 for x in none.values())  # no valid pixel: zeros, never flagged

@@ -37,24 +37,24 @@ def stat_key(head: str, stat: str, domain: str) -> str:
 
 def head_stats(head: str, domain: str, output: torch.Tensor, target: torch.Tensor | None = None,
                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Mean and std of a head's output (and of its target) over the batch's pixels, as tensors
-    (no host sync); `valid` restricts both to pixels where the target is defined."""
-    out = output.detach().float()
-    stats: dict[str, torch.Tensor] = {}
-    if valid is not None:
-        keep = valid.bool()
-        if not bool(keep.any()):
-            return {}
-        out = out[keep]
-    stats[stat_key(head, "mean", domain)] = out.mean()
-    stats[stat_key(head, "std", domain)] = out.std(unbiased=False)
+    """Mean and std of a head's output (and of its target) over the batch's pixels, as tensors:
+    masked sums, no boolean indexing, so no host sync in the training step. `valid` restricts both
+    to pixels where the target is defined (none valid: zeros, which the rule never flags)."""
+    weight = None if valid is None else valid.float()
+    stats = dict(zip((stat_key(head, "mean", domain), stat_key(head, "std", domain)), _moments(output, weight)))
     if target is not None:
-        tgt = target.detach().float()
-        if valid is not None:
-            tgt = tgt[valid.bool()]
-        stats[stat_key(head, "target_mean", domain)] = tgt.mean()
-        stats[stat_key(head, "target_std", domain)] = tgt.std(unbiased=False)
+        stats.update(zip((stat_key(head, "target_mean", domain), stat_key(head, "target_std", domain)),
+                         _moments(target, weight)))
     return stats
+
+
+def _moments(x: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().float()
+    if weight is None:
+        return x.mean(), x.std(unbiased=False)
+    n = weight.sum().clamp_min(1.0)
+    mean = (x * weight).sum() / n
+    return mean, (((x - mean) ** 2) * weight).sum().div(n).sqrt()
 
 
 def judged(record: dict) -> list[tuple[str, str]]:

@@ -126,13 +126,11 @@ def plot_progress(log_path: Path, out_path: Path) -> None:
 
 
 class ProgressPlot(LoopCallback):
-    """Redraw `out_path` from the stage's log at each checkpoint and at the end."""
+    """Redraw `out_path` from the stage's log at each checkpoint_latest.pt (the loop writes one
+    right before the final checkpoint and when it stops early, so the last plot is always current)."""
 
     def __init__(self, log_path: Path, out_path: Path):
         self.log_path, self.out_path = Path(log_path), Path(out_path)
 
     def on_checkpoint(self, iteration: int) -> None:
-        plot_progress(self.log_path, self.out_path)
-
-    def on_end(self, iteration: int) -> None:
         plot_progress(self.log_path, self.out_path)

@@ -24,6 +24,7 @@ from udaseg.config import Config
 from udaseg.data.protocols import Protocol
 from udaseg.data.recipe_protocol import protocol_of
 from udaseg.errors import UdasegError
+from udaseg.device import resolve_device
 from udaseg.layout import STAGE_IMPORTED, STAGE_TRAIN, stage_tag
 
 DENSITY_ABLATIONS = ("m2",)  # train.ablation values whose stage 1 trains the density head
@@ -100,17 +101,6 @@ class SpatialPrior:
         h, w = labels.shape[-2:]
         thr = rescale_thresholds(self.thresholds, self.refine_size, (w, h)).to(labels.device)
         return refine(labels, confidence, thr, self.conf_threshold, self.connectivity)
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """`device`, else CUDA when present, else the CPU; an absent GPU is a one-line error."""
-    try:
-        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError:
-        raise UdasegError(f"device {device!r}: not a device name; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UdasegError(f"device {str(dev)!r}: no such CUDA GPU is visible here; use device cpu (--device cpu)")
-    return dev
 
 
 def density_trained(stage: str | None, config: Config) -> bool:
@@ -195,7 +185,7 @@ class Segmenter:
             from udaseg.config import parse_override
 
             config = config.with_overrides(dict(map(parse_override, overrides)))
-        dev = pick_device(device)
+        dev = resolve_device(None if device is None else str(device))
         model, info = load_model(path, config, dev)
         protocol = protocol_of(config)
         prior = SpatialPrior.from_gmm(refine_gmm, config, protocol) if refine_gmm is not None else None
